@@ -1,0 +1,221 @@
+"""Module: the container of parameters, buffers and sub-modules, with torch's naming rules.
+
+Attribute assignment registers things, as in torch:
+
+* a ``Parameter`` (a Tensor that requires grad) -> ``named_parameters()`` and the state dict;
+* ``self.register_buffer(name, array)`` -> a buffer (running statistics): in the state dict, not
+  trained;
+* a ``Module`` -> a child; its entries appear as ``child_name.entry`` (dotted names), so a
+  torchvision state dict maps one to one onto the same structure.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+
+from .. import backends
+from ..tensor import Tensor
+
+
+class Parameter(Tensor):
+    """A trainable Tensor (``requires_grad=True`` by default)."""
+
+    def __init__(self, data, requires_grad: bool = True):
+        super().__init__(data, requires_grad=requires_grad)
+
+    def __repr__(self):
+        return f"Parameter(shape={self.shape}, dtype={self.dtype})"
+
+
+class Module:
+    """Base class of every layer and model."""
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "training", True)
+
+    # ------------------------------------------------------------------ registration
+    def __setattr__(self, name, value):
+        if "_parameters" not in self.__dict__:
+            raise RuntimeError(f"{type(self).__name__}: call super().__init__() before assigning attributes")
+        for store in (self._parameters, self._buffers, self._modules):
+            store.pop(name, None)
+        if isinstance(value, Parameter):
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        elif name in self.__dict__.get("_buffer_names", ()):
+            self._buffers[name] = value
+            return
+        object.__setattr__(self, name, value)
+
+    def __getattr__(self, name):
+        d = self.__dict__
+        for store in ("_parameters", "_buffers", "_modules"):
+            if store in d and name in d[store]:
+                return d[store][name]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    def __delattr__(self, name):
+        for store in (self._parameters, self._buffers, self._modules):
+            if name in store:
+                del store[name]
+                return
+        object.__delattr__(self, name)
+
+    def register_buffer(self, name: str, value) -> None:
+        """A non-trained array kept in the state dict (e.g. BatchNorm's running_mean)."""
+        self.__dict__.setdefault("_buffer_names", set()).add(name)
+        self.__dict__.pop(name, None)
+        self._buffers[name] = value
+
+    def register_parameter(self, name: str, value) -> None:
+        if value is None:
+            self._parameters[name] = None
+            return
+        self.__setattr__(name, value if isinstance(value, Parameter) else Parameter(value))
+
+    def add_module(self, name: str, module) -> None:
+        self._modules[name] = module
+
+    # ------------------------------------------------------------------ traversal
+    def named_modules(self, prefix: str = ""):
+        yield prefix, self
+        for name, m in self._modules.items():
+            if m is not None:
+                yield from m.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def modules(self):
+        for _, m in self.named_modules():
+            yield m
+
+    def children(self):
+        return iter(m for m in self._modules.values() if m is not None)
+
+    def named_children(self):
+        return iter((n, m) for n, m in self._modules.items() if m is not None)
+
+    def named_parameters(self, prefix: str = ""):
+        """``(dotted_name, Parameter)`` pairs, in torch's order (own first, then children)."""
+        for mod_name, m in self.named_modules(prefix):
+            for name, p in m._parameters.items():
+                if p is not None:
+                    yield (f"{mod_name}.{name}" if mod_name else name), p
+
+    def parameters(self):
+        for _, p in self.named_parameters():
+            yield p
+
+    def named_buffers(self, prefix: str = ""):
+        for mod_name, m in self.named_modules(prefix):
+            for name, b in m._buffers.items():
+                if b is not None:
+                    yield (f"{mod_name}.{name}" if mod_name else name), b
+
+    # ------------------------------------------------------------------ modes
+    def train(self, mode: bool = True):
+        for m in self.modules():
+            object.__setattr__(m, "training", mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def zero_grad(self):
+        for p in self.parameters():
+            p.grad = None
+
+    def requires_grad_(self, flag: bool = True):
+        for p in self.parameters():
+            p.requires_grad = flag
+        return self
+
+    def to(self, array_backend: str):
+        """Move every parameter and buffer to ``"numpy"`` (CPU) or ``"cupy"`` (GPU), in place."""
+        for m in self.modules():
+            for name, p in list(m._parameters.items()):
+                if p is not None:
+                    p.data = backends.to_device(p.data, array_backend)
+                    p.grad = None
+            for name, b in list(m._buffers.items()):
+                if b is not None and hasattr(b, "shape"):
+                    m._buffers[name] = backends.to_device(b, array_backend)
+        return self
+
+    # ------------------------------------------------------------------ state dict
+    def state_dict(self) -> "OrderedDict[str, np.ndarray]":
+        """Dotted names -> arrays (parameters and buffers), the same keys as torch."""
+        out = OrderedDict()
+        for mod_name, m in self.named_modules():
+            pre = f"{mod_name}." if mod_name else ""
+            for name, p in m._parameters.items():
+                if p is not None:
+                    out[pre + name] = p.data
+            for name, b in m._buffers.items():
+                if b is not None:
+                    out[pre + name] = b
+        return out
+
+    def load_state_dict(self, state_dict, strict: bool = True):
+        """Copy arrays into parameters and buffers by name.
+
+        With ``strict`` (the default) a ValueError lists every missing, unexpected and mis-shaped
+        key at once. Returns ``(missing_keys, unexpected_keys)`` like torch. Values may be NumPy
+        arrays, CuPy arrays, or anything ``np.asarray`` accepts (a torch tensor's ``.numpy()``).
+        """
+        own = self.state_dict()
+        given = {k: v for k, v in state_dict.items()}
+        missing = [k for k in own if k not in given]
+        unexpected = [k for k in given if k not in own]
+        mis_shaped = []
+        for k in own:
+            if k in given and tuple(np.shape(given[k])) != tuple(np.shape(own[k])):
+                mis_shaped.append(f"{k}: expected {tuple(np.shape(own[k]))}, got {tuple(np.shape(given[k]))}")
+        if mis_shaped or (strict and (missing or unexpected)):
+            parts = []
+            if missing:
+                parts.append(f"missing keys ({len(missing)}): {_short(missing)}")
+            if unexpected:
+                parts.append(f"unexpected keys ({len(unexpected)}): {_short(unexpected)}")
+            if mis_shaped:
+                parts.append(f"mis-shaped keys ({len(mis_shaped)}): {_short(mis_shaped)}")
+            raise ValueError(f"{type(self).__name__}.load_state_dict: " + "; ".join(parts))
+        for mod_name, m in self.named_modules():
+            pre = f"{mod_name}." if mod_name else ""
+            for name, p in m._parameters.items():
+                if p is not None and pre + name in given:
+                    xp = backends.array_module(p.data)
+                    p.data = xp.asarray(np.asarray(backends.to_numpy(given[pre + name])), dtype=p.data.dtype).copy() \
+                        if xp is np else xp.asarray(given[pre + name], dtype=p.data.dtype)
+            for name, b in m._buffers.items():
+                if b is not None and pre + name in given:
+                    xp = backends.array_module(b)
+                    v = backends.to_numpy(given[pre + name]) if xp is np else given[pre + name]
+                    m._buffers[name] = xp.array(v, dtype=getattr(b, "dtype", None))
+        return missing, unexpected
+
+    # ------------------------------------------------------------------ call
+    def forward(self, *args, **kwargs):  # pragma: no cover - interface
+        raise NotImplementedError(f"{type(self).__name__}.forward is not defined")
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self):
+        lines = [f"{type(self).__name__}({self.extra_repr()}"]
+        for name, m in self._modules.items():
+            child = repr(m).replace("\n", "\n  ")
+            lines.append(f"  ({name}): {child}")
+        return "\n".join(lines) + ("\n)" if len(lines) > 1 else ")")
+
+
+def _short(keys, n: int = 8) -> str:
+    keys = list(keys)
+    return ", ".join(keys[:n]) + (f", ... ({len(keys) - n} more)" if len(keys) > n else "")

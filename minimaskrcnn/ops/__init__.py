@@ -1,0 +1,58 @@
+"""Differentiable ops. Each accepts plain arrays or Tensors and returns the same kind.
+
+The table below is the whole map from a public name to the file that defines it (one concept per
+file). Kernel ops take ``backend=`` (see ``minimaskrcnn.backends``).
+"""
+
+import importlib
+
+_EXPORTS = {
+    # convolution (reference: im2col + matmul; GPU ladders in kernels/conv_*.py, conv*.cu)
+    "conv2d": "conv",
+    "conv_transpose2d": "conv",
+    # pooling and resizing
+    "max_pool2d": "pool",
+    "interpolate": "resize",
+    # RoI ops and boxes (torchvision.ops semantics)
+    "roi_align": "roi_align",
+    "roi_pool": "roi_pool",
+    "nms": "nms",
+    "batched_nms": "nms",
+    "box_iou": "boxes",
+    "box_area": "boxes",
+    "clip_boxes_to_image": "boxes",
+    "remove_small_boxes": "boxes",
+    "convert_boxes_to_roi_format": "boxes",
+    # losses (torch semantics)
+    "cross_entropy": "losses",
+    "binary_cross_entropy_with_logits": "losses",
+    "smooth_l1_loss": "losses",
+    "l1_loss": "losses",
+    # elementwise and shape functions of autograd-lite
+    "relu": "..tensor",
+    "sigmoid": "..tensor",
+    "softmax": "..tensor",
+    "log_softmax": "..tensor",
+    "exp": "..tensor",
+    "log": "..tensor",
+    "clamp": "..tensor",
+    "where": "..tensor",
+    "gather": "..tensor",
+    "concatenate": "..tensor",
+    "stack": "..tensor",
+    "matmul": "..tensor",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        mod = _EXPORTS[name]
+        module = importlib.import_module(mod if mod.startswith("..") else f".{mod}", __name__)
+        return getattr(module, name)
+    raise AttributeError(f"module 'minimaskrcnn.ops' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

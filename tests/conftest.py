@@ -1,0 +1,42 @@
+"""Test set-up shared by every suite.
+
+* Numba CUDA kernels run in the simulator here (no GPU in CI): ``NUMBA_ENABLE_CUDASIM=1`` must be
+  set before numba is first imported, so it is set at the very top of this file. On a GPU machine
+  ``scripts/gpu_suite.sh`` sets it to 0 before pytest starts.
+* torch and torchvision are the reference: tests import them at module level, so a missing
+  reference extra fails the run instead of skipping tests.
+* GPU tests (marker ``gpu``) are deselected by ``addopts`` in pyproject.toml; the summary line
+  below says how many, so nothing is skipped silently.
+"""
+
+import os
+
+os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from minimaskrcnn import backends  # noqa: E402
+
+# Backends every CPU-only machine runs: the reference, the fast CPU path and the Numba CUDA
+# kernels (in the simulator). "cupy" joins on a GPU machine (tests marked gpu).
+CPU_BACKENDS = ["numpy", "cpu", "numba"]
+
+
+def pytest_report_header(config):
+    return [f"minimaskrcnn kernel backends here: {backends.available()}",
+            f"NUMBA_ENABLE_CUDASIM={os.environ.get('NUMBA_ENABLE_CUDASIM')}"]
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    n = len(terminalreporter.stats.get("deselected", []))
+    if n and "not gpu" in (config.getoption("markexpr") or ""):
+        terminalreporter.write_line(
+            f"{n} tests marked 'gpu' were deselected (no GPU here): run scripts/gpu_suite.sh on a GPU machine."
+        )
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
