@@ -22,7 +22,8 @@ _EXPORTS = {
     "box_area": "boxes",
     "clip_boxes_to_image": "boxes",
     "remove_small_boxes": "boxes",
-    "convert_boxes_to_roi_format": "boxes",
+    "convert_boxes_to_roi_format": "roi_format",
+    "roi_warp": "roi_warp",
     # losses (torch semantics)
     "cross_entropy": "losses",
     "binary_cross_entropy_with_logits": "losses",
