@@ -29,9 +29,16 @@ def pytest_report_header(config):
             f"NUMBA_ENABLE_CUDASIM={os.environ.get('NUMBA_ENABLE_CUDASIM')}"]
 
 
+_gpu_deselected = []
+
+
+def pytest_deselected(items):
+    _gpu_deselected.extend(i for i in items if i.get_closest_marker("gpu") is not None)
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    n = len(terminalreporter.stats.get("deselected", []))
-    if n and "not gpu" in (config.getoption("markexpr") or ""):
+    n = len(_gpu_deselected)
+    if n:
         terminalreporter.write_line(
             f"{n} tests marked 'gpu' were deselected (no GPU here): run scripts/gpu_suite.sh on a GPU machine."
         )
