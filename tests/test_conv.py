@@ -1,0 +1,428 @@
+"""conv2d / conv_transpose2d on every CPU backend (numpy reference, cpu, numba in the simulator)
+against torch.nn.functional: forward and the three gradients, drawn shapes, ResNet-50-FPN layers,
+bad input. GPU versions: tests/test_conv_gpu.py."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import CPU_BACKENDS
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from minimaskrcnn import Tensor
+from minimaskrcnn.ops import conv2d, conv_transpose2d
+
+BACKENDS = CPU_BACKENDS
+# Numba CUDA's every version runs in the simulator (one Python thread per CUDA thread): tiny only.
+NUMBA_VERSIONS = ["naive", "im2col", "tiled", "regtiled"]
+
+
+def _tol(dtype, terms):
+    """Max abs error allowed for a sum of ``terms`` products of values of magnitude ~1.
+
+    float64: round-off only, 1e-12 * terms. float32: a float32 sum of T products has a typical
+    error ~ sqrt(T) * 6e-8 and a realistic worst case well under 1e-6 * T (T <= 5000 here), while
+    a wrong index gives O(1) errors.
+    """
+    return (1e-12 if dtype == np.float64 else 1e-6) * max(terms, 1) + (
+        1e-12 if dtype == np.float64 else 1e-6
+    )
+
+
+def _torch_conv(transposed, x, w, b, go, **kw):
+    tx, tw = (torch.tensor(a.astype(np.float64), requires_grad=True) for a in (x, w))
+    tb = None if b is None else torch.tensor(b.astype(np.float64), requires_grad=True)
+    fn = F.conv_transpose2d if transposed else F.conv2d
+    y = fn(tx, tw, tb, **kw)
+    if go is None:
+        return y.detach().numpy(), None
+    y.backward(torch.tensor(go.astype(np.float64)))
+    grads = [tx.grad.numpy(), tw.grad.numpy(), None if b is None else tb.grad.numpy()]
+    return y.detach().numpy(), grads
+
+
+def _check(backend, transposed, x, w, b, dtype=np.float64, version=None, **kw):
+    """Forward and all three gradients of ours vs torch in float64, within _tol."""
+    rng = np.random.default_rng(1)
+    x, w = x.astype(dtype), w.astype(dtype)
+    b = None if b is None else b.astype(dtype)
+    ref, _ = _torch_conv(transposed, x, w, b, None, **kw)
+    go = rng.uniform(-1, 1, ref.shape).astype(dtype)
+    ref, grads = _torch_conv(transposed, x, w, b, go, **kw)
+    X, W = Tensor(x, requires_grad=True), Tensor(w, requires_grad=True)
+    B = None if b is None else Tensor(b, requires_grad=True)
+    fn = conv_transpose2d if transposed else conv2d
+    y = fn(X, W, B, backend=backend, version=version, **kw)
+    assert isinstance(y, Tensor) and y.dtype == dtype and y.shape == ref.shape
+    y.backward(go)
+    kh, kwd = w.shape[2:]
+    groups = kw.get("groups", 1)
+    # products per element: forward K = Cin/G*KH*KW; grad_input O/G*KH*KW; grad_weight N*OH*OW.
+    t_fwd = (w.shape[0] // groups if transposed else w.shape[1]) * kh * kwd
+    t_gx = (w.shape[1] if transposed else w.shape[0] // groups) * kh * kwd
+    t_gw = x.shape[0] * (x.shape[2] * x.shape[3] if transposed else ref.shape[2] * ref.shape[3])
+    t_gb = ref.shape[0] * ref.shape[2] * ref.shape[3]
+    for name, ours, theirs, t in [
+        ("output", y.data, ref, t_fwd),
+        ("grad input", X.grad, grads[0], t_gx),
+        ("grad weight", W.grad, grads[1], t_gw),
+        ("grad bias", None if B is None else B.grad, grads[2], t_gb),
+    ]:
+        if theirs is None:
+            continue
+        assert ours.dtype == dtype, name
+        err = np.abs(ours - theirs).max()
+        assert err <= _tol(dtype, t), (
+            f"{backend} {version} {name}: max error {err} > {_tol(dtype, t)}"
+        )
+
+
+def _draw(rng, n, c, h, w, o, kh, kw, groups=1, bias=True, transposed=False):
+    x = rng.uniform(-1, 1, (n, c, h, w))
+    wshape = (c, o // groups, kh, kw) if transposed else (o, c // groups, kh, kw)
+    return x, rng.uniform(-1, 1, wshape), rng.uniform(-1, 1, o) if bias else None
+
+
+def _versions(backend):
+    return NUMBA_VERSIONS if backend == "numba" else [None]
+
+
+# ----------------------------------------------------------------------------- drawn shapes
+conv_cases = st.fixed_dictionaries(
+    {
+        "n": st.integers(1, 2),
+        "g": st.sampled_from([1, 1, 2, 3]),
+        "cg": st.integers(1, 3),
+        "og": st.integers(1, 3),
+        "h": st.integers(1, 7),
+        "w": st.integers(1, 7),
+        "kh": st.integers(1, 3),
+        "kw": st.integers(1, 3),
+        "sh": st.integers(1, 3),
+        "sw": st.integers(1, 2),
+        "ph": st.integers(0, 2),
+        "pw": st.integers(0, 2),
+        "dh": st.integers(1, 2),
+        "dw": st.integers(1, 2),
+        "bias": st.booleans(),
+        "seed": st.integers(0, 2**16),
+    }
+)
+
+
+def _fits(c):
+    return (
+        c["h"] + 2 * c["ph"] >= c["dh"] * (c["kh"] - 1) + 1
+        and c["w"] + 2 * c["pw"] >= c["dw"] * (c["kw"] - 1) + 1
+    )
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@settings(max_examples=25, deadline=None)
+@given(c=conv_cases)
+def test_conv2d_drawn_shapes(backend, c):
+    if not _fits(c):
+        c = dict(c, ph=2, pw=2, dh=1, dw=1)
+    rng = np.random.default_rng(c["seed"])
+    x, w, b = _draw(
+        rng,
+        c["n"],
+        c["g"] * c["cg"],
+        c["h"],
+        c["w"],
+        c["g"] * c["og"],
+        c["kh"],
+        c["kw"],
+        c["g"],
+        c["bias"],
+    )
+    for version in _versions(backend):
+        _check(
+            backend,
+            False,
+            x,
+            w,
+            b,
+            version=version,
+            stride=(c["sh"], c["sw"]),
+            padding=(c["ph"], c["pw"]),
+            dilation=(c["dh"], c["dw"]),
+            groups=c["g"],
+        )
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@settings(max_examples=20, deadline=None)
+@given(c=conv_cases, oph=st.integers(0, 2), opw=st.integers(0, 2))
+def test_conv_transpose2d_drawn_shapes(backend, c, oph, opw):
+    # output_padding must be < stride or < dilation (torch's rule); fold the draw into range.
+    op = (oph % max(c["sh"], c["dh"]), opw % max(c["sw"], c["dw"]))
+    ph = min(c["ph"], (c["h"] - 1) * c["sh"] // 2)  # keep the output size >= 1
+    pw = min(c["pw"], (c["w"] - 1) * c["sw"] // 2)
+    rng = np.random.default_rng(c["seed"])
+    x, w, b = _draw(
+        rng,
+        c["n"],
+        c["g"] * c["cg"],
+        c["h"],
+        c["w"],
+        c["g"] * c["og"],
+        c["kh"],
+        c["kw"],
+        c["g"],
+        c["bias"],
+        transposed=True,
+    )
+    for version in _versions(backend):
+        _check(
+            backend,
+            True,
+            x,
+            w,
+            b,
+            version=version,
+            stride=(c["sh"], c["sw"]),
+            padding=(ph, pw),
+            output_padding=op,
+            dilation=(c["dh"], c["dw"]),
+            groups=c["g"],
+        )
+
+
+# ----------------------------------------------------------------------------- float32
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_conv2d_float32(backend, rng):
+    x, w, b = _draw(rng, 2, 6, 9, 11, 8, 3, 3, groups=2)
+    for version in _versions(backend):
+        _check(
+            backend,
+            False,
+            x,
+            w,
+            b,
+            dtype=np.float32,
+            version=version,
+            stride=2,
+            padding=1,
+            groups=2,
+        )
+    xt, wt, bt = _draw(rng, 2, 6, 5, 6, 4, 3, 3, groups=2, transposed=True)
+    for version in _versions(backend):
+        _check(
+            backend,
+            True,
+            xt,
+            wt,
+            bt,
+            dtype=np.float32,
+            version=version,
+            stride=2,
+            padding=1,
+            output_padding=1,
+            groups=2,
+        )
+
+
+# ----------------------------------------------------------------------------- ResNet-50-FPN layers
+# (C, O, kernel, stride, padding) of every distinct ResNet-50-FPN conv, plus the mask head.
+RESNET_FPN = [
+    (3, 64, 7, 2, 3),  # conv1
+    (64, 64, 1, 1, 0),
+    (64, 64, 3, 1, 1),
+    (64, 256, 1, 1, 0),  # layer1
+    (256, 128, 1, 1, 0),
+    (128, 128, 3, 2, 1),
+    (128, 512, 1, 1, 0),
+    (256, 512, 1, 2, 0),  # layer2
+    (512, 256, 1, 1, 0),
+    (256, 256, 3, 2, 1),
+    (256, 1024, 1, 1, 0),
+    (512, 1024, 1, 2, 0),  # layer3
+    (1024, 512, 1, 1, 0),
+    (512, 512, 3, 2, 1),
+    (512, 2048, 1, 1, 0),
+    (1024, 2048, 1, 2, 0),  # layer4
+    (2048, 256, 1, 1, 0),
+    (256, 256, 3, 1, 1),  # FPN inner 1x1 / layer 3x3, RPN/mask-head 3x3
+]
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+@pytest.mark.parametrize("cfg", RESNET_FPN, ids=lambda c: "c{}o{}k{}s{}".format(*c[:4]))
+def test_resnet_fpn_layers_real_channels(backend, cfg, rng):
+    c, o, k, s, p = cfg
+    size = 9 if k == 7 else 5  # tiny, odd spatial sizes (do not fill any tile); real channel counts
+    x, w, b = _draw(rng, 2, c, size, size + 2, o, k, k)
+    _check(backend, False, x, w, b, dtype=np.float32, stride=s, padding=p)
+
+
+@pytest.mark.parametrize("cfg", RESNET_FPN[:10], ids=lambda c: "c{}o{}k{}s{}".format(*c[:4]))
+def test_resnet_fpn_layers_numba_reduced(cfg, rng):
+    # The simulator runs one Python thread per CUDA thread: channels divided by 16 (kernel,
+    # stride and padding kept), 5x6 images, every version.
+    c, o, k, s, p = cfg
+    x, w, b = _draw(rng, 1, max(1, c // 16), 5, 6, max(1, o // 16), k, k)
+    for version in NUMBA_VERSIONS:
+        _check("numba", False, x, w, b, dtype=np.float32, version=version, stride=s, padding=p)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mask_head_upsampling(backend, rng):
+    # ConvTranspose2d(256, 256, 2, stride 2): 14x14 -> 28x28 in the mask head (channels reduced
+    # in the simulator, real on the CPU backends).
+    c = 16 if backend == "numba" else 256
+    x, w, b = _draw(rng, 2, c, 3, 4, c, 2, 2, transposed=True)
+    for version in _versions(backend):
+        _check(backend, True, x, w, b, dtype=np.float32, version=version, stride=2)
+
+
+# ----------------------------------------------------------------------------- kinds and layouts
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_non_contiguous_inputs(backend, rng):
+    x = rng.uniform(-1, 1, (2, 7, 8, 5)).transpose(0, 3, 2, 1)  # (2, 5, 8, 7), not C-contiguous
+    w = rng.uniform(-1, 1, (3, 3, 4, 5))[:, :, ::2, ::2].transpose(1, 0, 2, 3)  # (3, 3, 2, 3)
+    w = np.concatenate([w, w], axis=1)[:, :5]  # (3, 5, 2, 3), a copy; then a strided view:
+    w = np.asarray(np.broadcast_to(w, (2,) + w.shape))[0]
+    assert not x.flags.c_contiguous
+    b = rng.uniform(-1, 1, 6)[::2]  # (3,), strided
+    for version in _versions(backend):
+        _check(backend, False, x, w, b, version=version, padding=1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_arrays_in_arrays_out(backend, rng):
+    x, w, b = _draw(rng, 1, 2, 4, 4, 3, 3, 3)
+    x, w, b = x.astype(np.float32), w.astype(np.float32), b.astype(np.float32)
+    y = conv2d(x, w, b, padding=1, backend=backend)
+    assert type(y) is np.ndarray and y.dtype == np.float32 and y.shape == (1, 3, 4, 4)
+    ref = F.conv2d(torch.tensor(x), torch.tensor(w), torch.tensor(b), padding=1).numpy()
+    np.testing.assert_allclose(y, ref, atol=_tol(np.float32, 18))
+    yt = conv_transpose2d(x, w.transpose(1, 0, 2, 3).copy(), None, stride=2, backend=backend)
+    assert type(yt) is np.ndarray and yt.shape == (1, 3, 9, 9)  # (C=2 -> O=3, (4-1)*2 + 3)
+
+
+def test_only_needed_gradients_are_computed(rng):
+    # A frozen weight (requires_grad=False) gets no .grad; the input still does.
+    x, w, _ = _draw(rng, 1, 2, 5, 5, 3, 3, 3)
+    X, W = Tensor(x, requires_grad=True), Tensor(w)
+    conv2d(X, W, padding=1).sum().backward()
+    assert W.grad is None and X.grad.shape == x.shape
+
+
+def test_default_backend_is_cpu_for_numpy(rng, monkeypatch):
+    from minimaskrcnn.kernels import conv_cpu
+
+    calls = []
+    orig = conv_cpu.forward
+    monkeypatch.setattr(conv_cpu, "forward", lambda *a, **k: calls.append(1) or orig(*a, **k))
+    x, w, _ = _draw(rng, 1, 2, 5, 5, 3, 3, 3)
+    conv2d(x, w)
+    assert calls == [1]
+
+
+# ----------------------------------------------------------------------------- bad input
+def _f32(*shape):
+    return np.zeros(shape, np.float32)
+
+
+@pytest.mark.parametrize(
+    "call, exc, text",
+    [
+        (
+            lambda: conv2d(_f32(3, 8, 8), _f32(4, 3, 3, 3)),
+            ValueError,
+            r"conv2d: input must have 4 dim.*\(3, 8, 8\)",
+        ),
+        (
+            lambda: conv2d(_f32(1, 3, 8, 8), _f32(4, 3, 3)),
+            ValueError,
+            r"conv2d: weight must have 4 dim.*\(4, 3, 3\)",
+        ),
+        (
+            lambda: conv2d(_f32(1, 3, 8, 8), _f32(4, 2, 3, 3)),
+            ValueError,
+            r"conv2d: input has 3 channels.*\(4, 2, 3, 3\)",
+        ),
+        (
+            lambda: conv2d(_f32(1, 4, 8, 8), _f32(3, 2, 3, 3), groups=2),
+            ValueError,
+            r"conv2d: .*divisible by groups=2",
+        ),
+        (
+            lambda: conv2d(np.zeros((1, 3, 8, 8), np.int64), _f32(4, 3, 3, 3)),
+            TypeError,
+            r"conv2d: input must be a float.*int64",
+        ),
+        (
+            lambda: conv2d(_f32(1, 3, 8, 8), np.zeros((4, 3, 3, 3))),
+            TypeError,
+            r"conv2d: arguments must share one dtype",
+        ),
+        (
+            lambda: conv2d(_f32(1, 3, 2, 2), _f32(4, 3, 3, 3)),
+            ValueError,
+            r"conv2d: padded input \(2x2\) is smaller.*\(3x3\)",
+        ),
+        (
+            lambda: conv2d(_f32(1, 3, 8, 8), _f32(4, 3, 3, 3), _f32(5)),
+            ValueError,
+            r"conv2d: bias must have 4.*\(5,\)",
+        ),
+        (
+            lambda: conv2d(_f32(1, 3, 8, 8), _f32(4, 3, 3, 3), stride=0),
+            ValueError,
+            r"conv2d: stride must be positive",
+        ),
+        (
+            lambda: conv2d(_f32(1, 3, 8, 8), _f32(4, 3, 3, 3), padding=-1),
+            ValueError,
+            r"conv2d: padding must be non-neg",
+        ),
+        (
+            lambda: conv2d(_f32(1, 3, 8, 8), _f32(4, 3, 3, 3), groups=0),
+            ValueError,
+            r"conv2d: groups must be a positive",
+        ),
+        (
+            lambda: conv2d(_f32(1, 3, 8, 8), _f32(4, 3, 3, 3), backend="tpu"),
+            ValueError,
+            r"conv2d: unknown backend 'tpu'",
+        ),
+        (
+            lambda: conv2d(_f32(1, 3, 8, 8), _f32(4, 3, 3, 3), backend="cupy"),
+            ValueError,
+            r"conv2d: backend 'cupy' needs CuPy",
+        ),
+        (
+            lambda: conv2d(_f32(1, 3, 8, 8), _f32(4, 3, 3, 3), backend="cpu", version="tiled"),
+            ValueError,
+            r"conv2d: version= is only",
+        ),
+        (
+            lambda: conv2d(_f32(1, 3, 8, 8), _f32(4, 3, 3, 3), backend="numba", version="fft"),
+            ValueError,
+            r"conv2d: unknown version 'fft'",
+        ),
+        (
+            lambda: conv_transpose2d(_f32(1, 3, 8, 8), _f32(4, 2, 2, 2)),
+            ValueError,
+            r"conv_transpose2d: input has 3 channels.*\(4, 2, 2, 2\)",
+        ),
+        (
+            lambda: conv_transpose2d(
+                _f32(1, 4, 8, 8), _f32(4, 2, 2, 2), stride=2, output_padding=2
+            ),
+            ValueError,
+            r"conv_transpose2d: output_padding",
+        ),
+        (
+            lambda: conv_transpose2d(_f32(1, 4, 1, 1), _f32(4, 2, 1, 1), padding=1),
+            ValueError,
+            r"conv_transpose2d: output size",
+        ),
+    ],
+)
+def test_bad_input_errors(call, exc, text):
+    with pytest.raises(exc, match=text):
+        call()
