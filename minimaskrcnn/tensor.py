@@ -141,7 +141,9 @@ class Tensor:
         self._node: _Node | None = None
         self._out_index = 0
         if self.requires_grad and self.data.dtype.kind != "f":
-            raise TypeError(f"Tensor: only float tensors can require grad, got dtype {self.data.dtype}")
+            raise TypeError(
+                f"Tensor: only float tensors can require grad, got dtype {self.data.dtype}"
+            )
 
     @classmethod
     def _wrap(cls, data, node, index):
@@ -193,7 +195,9 @@ class Tensor:
 
     def to(self, array_backend: str) -> Tensor:
         """Copy to ``"numpy"`` or ``"cupy"``; a leaf stays a leaf."""
-        return Tensor(backends.to_device(self.data, array_backend), requires_grad=self.requires_grad)
+        return Tensor(
+            backends.to_device(self.data, array_backend), requires_grad=self.requires_grad
+        )
 
     # --------------------------------------------------------------- backward
     def backward(self, grad=None):
@@ -203,15 +207,22 @@ class Tensor:
         ``self.shape`` (the vector of a vector-Jacobian product).
         """
         if not self.requires_grad:
-            raise RuntimeError("backward: this tensor does not require grad (no input had requires_grad=True)")
+            raise RuntimeError(
+                "backward: this tensor does not require grad (no input had requires_grad=True)"
+            )
         if grad is None:
             if self.data.size != 1:
-                raise RuntimeError(f"backward: grad can be implied only for one-element tensors, got shape {self.shape}")
+                raise RuntimeError(
+                    "backward: grad can be implied only for one-element tensors, "
+                    f"got shape {self.shape}"
+                )
             grad = backends.array_module(self.data).ones_like(self.data)
         else:
             grad = _as_array(grad, like=self.data)
             if tuple(grad.shape) != self.shape:
-                raise ValueError(f"backward: grad must have shape {self.shape}, got {tuple(grad.shape)}")
+                raise ValueError(
+                    f"backward: grad must have shape {self.shape}, got {tuple(grad.shape)}"
+                )
         if self._node is None:  # a leaf: d(self)/d(self) = grad
             self._accumulate(grad)
             return
@@ -246,12 +257,13 @@ class Tensor:
                 g_in = node.fn.backward(node.ctx, *outs)
             if not isinstance(g_in, tuple):
                 g_in = (g_in,)
-            for inp, g in zip(node.inputs, g_in):
+            for inp, g in zip(node.inputs, g_in, strict=False):
                 if g is None or not isinstance(inp, Tensor) or not inp.requires_grad:
                     continue
                 if tuple(g.shape) != inp.shape:
                     raise RuntimeError(
-                        f"backward of {node.fn.__name__}: gradient shape {tuple(g.shape)} does not match "
+                        f"backward of {node.fn.__name__}: gradient shape {tuple(g.shape)} "
+                        "does not match "
                         f"input shape {inp.shape}"
                     )
                 if inp._node is None:
@@ -297,7 +309,9 @@ class Tensor:
 
     def __pow__(self, p):
         if not isinstance(p, numbers.Number):
-            raise TypeError(f"Tensor.__pow__: only a number exponent is supported, got {type(p).__name__}")
+            raise TypeError(
+                f"Tensor.__pow__: only a number exponent is supported, got {type(p).__name__}"
+            )
         return Pow.apply(self, p=p)
 
     def __matmul__(self, o):
@@ -393,8 +407,8 @@ def _axes(axis):
     return tuple(axis)
 
 
-def _xp(a):
-    return backends.array_module(a)
+def _xp(*arrays):
+    return backends.array_module(*arrays)
 
 
 # ============================================================================ elementwise

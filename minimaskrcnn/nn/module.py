@@ -41,7 +41,9 @@ class Module:
     # ------------------------------------------------------------------ registration
     def __setattr__(self, name, value):
         if "_parameters" not in self.__dict__:
-            raise RuntimeError(f"{type(self).__name__}: call super().__init__() before assigning attributes")
+            raise RuntimeError(
+                f"{type(self).__name__}: call super().__init__() before assigning attributes"
+            )
         for store in (self._parameters, self._buffers, self._modules):
             store.pop(name, None)
         if isinstance(value, Parameter):
@@ -134,10 +136,28 @@ class Module:
             p.requires_grad = flag
         return self
 
+    def astype(self, dtype):
+        """Cast every float parameter and buffer to ``dtype`` in place (torch's ``.double()``)."""
+        for m in self.modules():
+            for p in m._parameters.values():
+                if p is not None and p.data.dtype.kind == "f":
+                    p.data = p.data.astype(dtype)
+                    p.grad = None
+            for name, b in list(m._buffers.items()):
+                if b is not None and getattr(b, "dtype", None) is not None and b.dtype.kind == "f":
+                    m._buffers[name] = b.astype(dtype)
+        return self
+
+    def double(self):
+        return self.astype(np.float64)
+
+    def float(self):
+        return self.astype(np.float32)
+
     def to(self, array_backend: str):
         """Move every parameter and buffer to ``"numpy"`` (CPU) or ``"cupy"`` (GPU), in place."""
         for m in self.modules():
-            for name, p in list(m._parameters.items()):
+            for p in m._parameters.values():
                 if p is not None:
                     p.data = backends.to_device(p.data, array_backend)
                     p.grad = None
@@ -168,13 +188,21 @@ class Module:
         arrays, CuPy arrays, or anything ``np.asarray`` accepts (a torch tensor's ``.numpy()``).
         """
         own = self.state_dict()
-        given = {k: v for k, v in state_dict.items()}
+        given = dict(state_dict.items())
+        # Entries a module declares as ignorable (FrozenBatchNorm2d drops BatchNorm2d's
+        # num_batches_tracked, as torchvision does) are removed before the comparison.
+        for mod_name, m in self.named_modules():
+            pre = f"{mod_name}." if mod_name else ""
+            for name in getattr(m, "_ignore_on_load", ()):
+                given.pop(pre + name, None)
         missing = [k for k in own if k not in given]
         unexpected = [k for k in given if k not in own]
         mis_shaped = []
         for k in own:
             if k in given and tuple(np.shape(given[k])) != tuple(np.shape(own[k])):
-                mis_shaped.append(f"{k}: expected {tuple(np.shape(own[k]))}, got {tuple(np.shape(given[k]))}")
+                mis_shaped.append(
+                    f"{k}: expected {tuple(np.shape(own[k]))}, got {tuple(np.shape(given[k]))}"
+                )
         if mis_shaped or (strict and (missing or unexpected)):
             parts = []
             if missing:
@@ -189,8 +217,13 @@ class Module:
             for name, p in m._parameters.items():
                 if p is not None and pre + name in given:
                     xp = backends.array_module(p.data)
-                    p.data = xp.asarray(np.asarray(backends.to_numpy(given[pre + name])), dtype=p.data.dtype).copy() \
-                        if xp is np else xp.asarray(given[pre + name], dtype=p.data.dtype)
+                    p.data = (
+                        xp.asarray(
+                            np.asarray(backends.to_numpy(given[pre + name])), dtype=p.data.dtype
+                        ).copy()
+                        if xp is np
+                        else xp.asarray(given[pre + name], dtype=p.data.dtype)
+                    )
             for name, b in m._buffers.items():
                 if b is not None and pre + name in given:
                     xp = backends.array_module(b)
