@@ -1,0 +1,548 @@
+"""Train Mask R-CNN on COCO-format data: ``minimaskrcnn train``.
+
+    minimaskrcnn shapes --out shapes --train 1000 --val 100 --seed 2026
+    minimaskrcnn train --data shapes/train --val shapes/val --config r18_fpn_small --out runs/a \\
+        --minutes 20
+    minimaskrcnn train ... --out runs/a --resume          # continue an interrupted run
+
+Data layout: ``--data DIR`` is a folder with ``images/`` and ``annotations.json`` (COCO format),
+what ``minimaskrcnn shapes`` writes for each split; ``--ann FILE`` points at another json. A folder
+with ``train/`` (and ``val/``) inside, as ``shapes --out`` makes, is accepted too.
+
+Legend: B: images per batch; it: iteration (one optimizer step); E: epoch.
+
+One iteration, as torchvision's ``references/detection/engine.py``:
+
+    losses = model(images, targets)            # dict: loss_classifier, loss_box_reg, loss_mask,
+    loss = sum(losses.values())                #       loss_objectness, loss_rpn_box_reg
+    optimizer.zero_grad(); loss.backward()
+    clip_grad_norm_(params, max_norm)          # torchvision's reference does not clip; from
+                                               # scratch with BatchNorm it keeps early steps sane
+    optimizer.step(); lr = schedule(it + 1)    # linear warmup, then x0.1 at each milestone
+
+What the run folder ``RUN`` holds, and how each file survives an interruption:
+
+    RUN/args.json          the arguments of the first start
+    RUN/log.jsonl          one JSON line per iteration (losses, lr, images/s), appended and
+                           flushed line by line; a resumed run appends a {"event": "resume"} line
+                           and re-logs the iterations after its checkpoint (the curve keeps
+                           the last record of each iteration)
+    RUN/checkpoint.npz     model + optimizer + schedule + position (epoch, batch, iteration),
+                           written atomically every ``--ckpt-every`` iterations and at the end
+    RUN/model_final.npz    the same at the end of training (``minimaskrcnn evaluate --weights``)
+    RUN/loss_curve.png     the losses against the iteration (re-drawn at every checkpoint)
+    RUN/metrics.json       COCO AP on ``--val`` at the end
+
+Determinism: every random draw is derived from ``--seed``: the weights' initialisation, the loader's
+order and flips (``DataLoader``: from (seed, epoch, sample)), and the samplers' choices of anchors
+and RoIs (from (seed, iteration), set before each step). So one seed gives the same losses twice,
+and a resumed run the same losses as an uninterrupted one (``--epochs`` mode; ``--minutes`` sets
+the number of iterations from the measured speed of the first iterations, which varies).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+LOSS_NAMES = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
+
+
+# ----------------------------------------------------------------------------- pieces
+def resolve_data_dir(data, ann=None, split="train"):
+    """``(images_dir, annotation_json)`` of a data folder (see the module docstring)."""
+    d = Path(data)
+    if ann is not None:
+        return d / "images", Path(ann)
+    if (d / "annotations.json").is_file():
+        return d / "images", d / "annotations.json"
+    if (d / split / "annotations.json").is_file():
+        return d / split / "images", d / split / "annotations.json"
+    raise FileNotFoundError(
+        f"train: {str(d)!r} has no annotations.json (nor {split}/annotations.json); "
+        "pass a folder with images/ and annotations.json, or --ann FILE"
+    )
+
+
+def seed_iteration(model, seed: int, it: int) -> None:
+    """Point every random choice inside the model at a generator made from (seed, it)."""
+    g = np.random.default_rng([seed, 1, it])
+    for owner in (getattr(model, "rpn", None), getattr(model, "roi_heads", None)):
+        sampler = getattr(owner, "fg_bg_sampler", None)
+        if sampler is not None:
+            sampler.permutation = g
+    if hasattr(getattr(model, "transform", None), "rng"):
+        model.transform.rng = g  # picks min_size when several are given (multi-scale training)
+
+
+def _to_device(targets, backend: str):
+    from . import backends
+
+    if backend == "numpy":
+        return targets
+    return [
+        {
+            k: backends.to_device(v, backend) if isinstance(v, np.ndarray) else v
+            for k, v in t.items()
+        }
+        for t in targets
+    ]
+
+
+def _scalar(v) -> float:
+    from . import backends
+
+    return float(backends.to_numpy(getattr(v, "data", v)))
+
+
+def read_log(path) -> list[dict]:
+    """The iteration lines of a log.jsonl, the last record of each iteration (after resumes)."""
+    by_it = {}
+    if Path(path).is_file():
+        for line in Path(path).read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a crash mid-write: skip it
+                continue
+            if "iteration" in rec and "loss" in rec:
+                by_it[rec["iteration"]] = rec
+    return [by_it[k] for k in sorted(by_it)]
+
+
+def plot_loss_curve(log_path, png_path, smooth: int = 20) -> None:
+    """Losses against the iteration (raw, faint, and a running mean of ``smooth``), atomically."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    recs = read_log(log_path)
+    if not recs:
+        return
+    fig = Figure(figsize=(8, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    its = np.array([r["iteration"] for r in recs])
+    for name in ("loss",) + LOSS_NAMES:
+        if name not in recs[0]:
+            continue
+        y = np.array([r[name] for r in recs], float)
+        k = max(1, min(smooth, len(y)))
+        ys = np.convolve(y, np.ones(k) / k, mode="valid")
+        (line,) = ax.plot(its[k - 1 :], ys, label=name, lw=2 if name == "loss" else 1)
+        ax.plot(its, y, color=line.get_color(), alpha=0.15, lw=0.5)
+    ax.set_yscale("log")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel(f"loss (running mean of {smooth})")
+    ax.set_title(f"training losses, {Path(log_path).parent.name}")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    png_path = Path(png_path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{png_path.name}.", suffix=".png", dir=png_path.parent)
+    os.close(fd)
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, png_path)
+
+
+def make_optimizer(params, lr: float, momentum: float, weight_decay: float):
+    from . import optim
+
+    return optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def clip_grad_norm_(params, max_norm: float) -> float:
+    from . import optim
+
+    return float(optim.clip_grad_norm_(params, max_norm))
+
+
+class Schedule:
+    """torchvision's detection schedule, per iteration: ``LinearLR`` warmup (factor
+    ``warmup_factor`` -> 1 over ``warmup_iters``) chained with ``MultiStepLR`` (x ``gamma`` at each
+    milestone), both from ``minimaskrcnn.optim`` and stepped once per iteration. The milestones are
+    fractions of the run's iterations, fixed once that number is known (at once with --epochs,
+    after the speed is measured with --minutes)."""
+
+    def __init__(self, optimizer, warmup_iters: int, warmup_factor: float, gamma: float):
+        from . import optim
+
+        self.warmup = optim.LinearLR(
+            optimizer, start_factor=warmup_factor, total_iters=warmup_iters
+        )
+        self.steps = optim.MultiStepLR(optimizer, milestones=[], gamma=gamma)
+        self.total_iters = None
+        self.optimizer = optimizer
+
+    def set_total(self, total_iters: int, fractions) -> None:
+        from collections import Counter
+
+        self.total_iters = int(total_iters)
+        self.steps.milestones = Counter(int(f * total_iters) for f in fractions)
+
+    def step(self) -> None:
+        self.warmup.step()
+        self.steps.step()
+
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def state_dict(self) -> dict:
+        steps = self.steps.state_dict()
+        steps["milestones"] = sorted(self.steps.milestones.elements())  # a Counter is not JSON
+        return {"warmup": self.warmup.state_dict(), "steps": steps, "total_iters": self.total_iters}
+
+    def load_state_dict(self, d: dict) -> None:
+        from collections import Counter
+
+        self.warmup.load_state_dict(d["warmup"])
+        steps = dict(d["steps"])
+        steps["milestones"] = Counter(int(m) for m in steps["milestones"])
+        self.steps.load_state_dict(steps)
+        self.total_iters = d["total_iters"]
+
+
+# ----------------------------------------------------------------------------- the loop
+def train(
+    data,
+    out,
+    config: str = "r18_fpn_small",
+    val=None,
+    ann=None,
+    val_ann=None,
+    epochs: float | None = None,
+    minutes: float | None = None,
+    max_iters: int | None = None,
+    resume: bool = False,
+    seed: int = 0,
+    backend: str = "numpy",
+    batch_size: int = 4,
+    lr: float = 0.02,
+    momentum: float = 0.9,
+    weight_decay: float = 1e-4,
+    warmup_iters: int = 100,
+    warmup_factor: float = 1e-3,
+    milestones=(0.75, 0.92),
+    gamma: float = 0.1,
+    clip: float = 10.0,
+    ckpt_every: int = 100,
+    hflip: float = 0.5,
+    prefetch: int = 1,
+    backbone_weights=None,
+    progress: bool = True,
+    evaluate_val: bool = True,
+    eval_max_images: int | None = None,
+) -> dict:
+    """Train, checkpoint, evaluate; returns ``{"iterations", "images_per_s", "metrics", ...}``.
+
+    The length of the run: ``epochs`` (may be fractional), or ``minutes`` of training time (the
+    number of iterations is set from the speed of the first 10), or ``max_iters``; the smallest of
+    those given. ``milestones`` are fractions of the run's iterations.
+    """
+    from tqdm import tqdm
+
+    from . import configs
+    from .checkpoint import restore, save_checkpoint
+    from .data import CocoDataset, Compose, DataLoader, RandomHorizontalFlip
+    from .evaluate import evaluate, write_json_atomic
+
+    if epochs is None and minutes is None and max_iters is None:
+        raise ValueError("train: give the length of the run: epochs, minutes or max_iters")
+    out = Path(out)
+    ckpt_path, log_path = out / "checkpoint.npz", out / "log.jsonl"
+    if ckpt_path.exists() and not resume:
+        raise FileExistsError(
+            f"train: {ckpt_path} exists; pass --resume to continue that run, or choose "
+            "another --out"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+
+    images_dir, ann_path = resolve_data_dir(data, ann)
+    transforms = Compose([RandomHorizontalFlip(hflip)]) if hflip > 0 else None
+    dataset = CocoDataset(
+        images_dir, ann_path, transforms=transforms, remove_images_without_annotations=True
+    )  # as torchvision's references
+    if len(dataset) == 0:
+        raise ValueError(f"train: {ann_path} has no image with a usable annotation")
+    num_classes = len(dataset.class_names)
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=True, seed=seed, drop_last=True, prefetch=prefetch
+    )
+    if len(loader) == 0:
+        raise ValueError(f"train: batch_size {batch_size} is larger than the {len(dataset)} images")
+
+    model = configs.build(
+        config, num_classes=num_classes, seed=seed, backbone_weights=backbone_weights
+    )
+    if backend == "cupy":
+        model.to("cupy")
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params, lr, momentum, weight_decay)
+    schedule = Schedule(optimizer, warmup_iters, warmup_factor, gamma)
+    total = math.inf
+    if epochs is not None:
+        total = min(total, int(round(epochs * len(loader))))
+    if max_iters is not None:
+        total = min(total, int(max_iters))
+    if total != math.inf:
+        schedule.set_total(total, milestones)
+
+    it, epoch, batch, elapsed = 0, 0, 0, 0.0
+    if resume and ckpt_path.exists():
+        meta = restore(ckpt_path, model, optimizer, schedule)
+        if meta.get("config") != config or meta.get("seed") != seed:
+            raise ValueError(
+                f"train --resume: {ckpt_path} was made with config {meta.get('config')!r}, "
+                f"seed {meta.get('seed')}; got config {config!r}, seed {seed}"
+            )
+        it, epoch, batch, elapsed = (
+            meta["iteration"],
+            meta["epoch"],
+            meta["batch"],
+            meta["elapsed_s"],
+        )
+        _append(log_path, {"event": "resume", "iteration": it, "time": time.time()})
+    else:
+        write_json_atomic(
+            out / "args.json",
+            dict(
+                data=str(data),
+                val=str(val) if val else None,
+                config=config,
+                epochs=epochs,
+                minutes=minutes,
+                max_iters=max_iters,
+                seed=seed,
+                backend=backend,
+                batch_size=batch_size,
+                lr=lr,
+                momentum=momentum,
+                weight_decay=weight_decay,
+                warmup_iters=warmup_iters,
+                milestones=list(milestones),
+                gamma=gamma,
+                clip=clip,
+                hflip=hflip,
+                num_classes=num_classes,
+                class_names=dataset.class_names,
+            ),
+        )
+    if schedule.total_iters is not None:
+        total = schedule.total_iters
+
+    def checkpoint(path):
+        save_checkpoint(
+            path,
+            model,
+            optimizer,
+            schedule,
+            iteration=it,
+            epoch=epoch,
+            batch=batch,
+            elapsed_s=elapsed,
+            seed=seed,
+            config=config,
+            num_classes=num_classes,
+            class_names=dataset.class_names,
+            label_to_category_id=dataset.label_to_category_id,
+        )
+
+    model.train()
+    recent: list[dict] = []
+    bar = tqdm(
+        total=None if total == math.inf else total,
+        initial=it,
+        desc=f"train {config}",
+        unit="it",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    t_calib, it_calib = None, None
+    try:
+        while it < total:
+            for images, targets in loader.iterate(epoch, start=batch):
+                t0 = time.perf_counter()
+                seed_iteration(model, seed, it)
+                losses = model(images, _to_device(targets, backend))
+                loss = sum(losses.values())
+                values = {k: _scalar(v) for k, v in losses.items()}
+                total_loss = _scalar(loss)
+                if not math.isfinite(total_loss):
+                    raise FloatingPointError(
+                        f"train: the loss is {total_loss} at iteration {it} ({values}); "
+                        f"lower --lr (now {schedule.lr()}) or --clip"
+                    )
+                optimizer.zero_grad()
+                loss.backward()
+                grad_norm = clip_grad_norm_(params, clip) if clip > 0 else float("nan")
+                step_lr = schedule.lr()
+                optimizer.step()
+                schedule.step()
+                it, batch = it + 1, batch + 1
+                dt = time.perf_counter() - t0
+                elapsed += dt
+                rec = {
+                    "iteration": it,
+                    "epoch": epoch,
+                    "lr": step_lr,
+                    "loss": total_loss,
+                    **values,
+                    "grad_norm": grad_norm,
+                    "images_per_s": len(images) / dt,
+                    "elapsed_s": elapsed,
+                    "time": time.time(),
+                }
+                _append(log_path, rec)
+                recent = (recent + [rec])[-20:]
+                bar.update(1)
+                bar.set_postfix_str(_postfix(recent), refresh=False)
+                if minutes is not None and schedule.total_iters is None:
+                    # the first iterations compile kernels: time from the 3rd to the 13th
+                    if it == 3:
+                        t_calib, it_calib = elapsed, it
+                    elif it_calib is not None and it == it_calib + 10:
+                        per_it = (elapsed - t_calib) / 10
+                        left = minutes * 60 - elapsed
+                        schedule.set_total(min(total, it + max(int(left / per_it), 0)), milestones)
+                        total = schedule.total_iters
+                        bar.total = total
+                if minutes is not None and elapsed >= minutes * 60:
+                    total = it  # out of time: stop here
+                if it % ckpt_every == 0 and it < total:
+                    checkpoint(ckpt_path)
+                    plot_loss_curve(log_path, out / "loss_curve.png")
+                if it >= total:
+                    break
+            else:
+                epoch, batch = epoch + 1, 0
+    finally:
+        bar.close()
+    checkpoint(ckpt_path)
+    checkpoint(out / "model_final.npz")
+    plot_loss_curve(log_path, out / "loss_curve.png")
+    recs = read_log(log_path)
+    ips = [r["images_per_s"] for r in recs[3:]] or [r["images_per_s"] for r in recs]
+    summary = {
+        "iterations": it,
+        "epochs": it / len(loader),
+        "train_minutes": elapsed / 60,
+        "images_per_s": float(np.median(ips)) if ips else None,
+        "final_loss": float(np.mean([r["loss"] for r in recs[-20:]])) if recs else None,
+        "loss_curve": str(out / "loss_curve.png"),
+        "checkpoint": str(out / "model_final.npz"),
+    }
+    if val is not None and evaluate_val:
+        vi, va = resolve_data_dir(val, val_ann, split="val")
+        val_ds = CocoDataset(vi, va)
+        metrics = evaluate(model, val_ds, progress=progress, max_images=eval_max_images)
+        metrics.update(
+            config=config, weights=str(out / "model_final.npz"), data=str(val), train=summary
+        )
+        write_json_atomic(out / "metrics.json", metrics)
+        summary["metrics"] = {k: metrics[k] for k in ("bbox", "segm") if k in metrics}
+    return summary
+
+
+def _append(path, rec: dict) -> None:
+    """One JSON line, written with one write() and flushed: a crash loses at most this line."""
+    with open(path, "a") as f:
+        f.write(json.dumps(rec) + "\n")
+        f.flush()
+
+
+def _postfix(recent: list[dict]) -> str:
+    short = {
+        "loss_classifier": "cls",
+        "loss_box_reg": "box",
+        "loss_mask": "mask",
+        "loss_objectness": "obj",
+        "loss_rpn_box_reg": "rpn",
+    }
+    mean = lambda k: float(np.mean([r[k] for r in recent if k in r]))
+    parts = [f"loss {mean('loss'):.3f}"] + [
+        f"{s} {mean(k):.3f}" for k, s in short.items() if k in recent[-1]
+    ]
+    parts.append(f"{mean('images_per_s'):.2f} img/s")
+    parts.append(f"lr {recent[-1]['lr']:.4g}")
+    return " ".join(parts)
+
+
+def main(argv=None) -> int:
+    from . import configs
+
+    p = argparse.ArgumentParser(
+        prog="minimaskrcnn train",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
+    p.add_argument("--data", required=True, help="training folder: images/ + annotations.json")
+    p.add_argument(
+        "--ann", default=None, help="training annotation json (default DATA/annotations.json)"
+    )
+    p.add_argument("--val", default=None, help="validation folder, evaluated at the end")
+    p.add_argument("--val-ann", default=None)
+    p.add_argument("--config", default="r18_fpn_small", choices=sorted(configs.CONFIGS))
+    p.add_argument("--out", required=True, help="run folder (checkpoints, logs, curves, metrics)")
+    length = p.add_mutually_exclusive_group(required=True)
+    length.add_argument("--epochs", type=float)
+    length.add_argument("--minutes", type=float, help="training time budget")
+    length.add_argument("--iters", type=int, help="number of iterations")
+    p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.npz")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backend", default="numpy", choices=["numpy", "cupy"], help="array backend")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--lr", type=float, default=0.02)
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--warmup-iters", type=int, default=100)
+    p.add_argument("--clip", type=float, default=10.0, help="max gradient norm (0: no clipping)")
+    p.add_argument("--ckpt-every", type=int, default=100, help="iterations between checkpoints")
+    p.add_argument("--hflip", type=float, default=0.5, help="probability of a horizontal flip")
+    p.add_argument(
+        "--backbone-weights", default=None, help="ImageNet ResNet state dict (.pth/.npz)"
+    )
+    p.add_argument("--eval-max-images", type=int, default=None)
+    p.add_argument("--quiet", action="store_true")
+    a = p.parse_args(argv)
+    try:
+        summary = train(
+            a.data,
+            a.out,
+            config=a.config,
+            val=a.val,
+            ann=a.ann,
+            val_ann=a.val_ann,
+            epochs=a.epochs,
+            minutes=a.minutes,
+            max_iters=a.iters,
+            resume=a.resume,
+            seed=a.seed,
+            backend=a.backend,
+            batch_size=a.batch_size,
+            lr=a.lr,
+            momentum=a.momentum,
+            weight_decay=a.weight_decay,
+            warmup_iters=a.warmup_iters,
+            clip=a.clip,
+            ckpt_every=a.ckpt_every,
+            hflip=a.hflip,
+            backbone_weights=a.backbone_weights,
+            progress=not a.quiet,
+            eval_max_images=a.eval_max_images,
+        )
+    except (FileExistsError, FileNotFoundError, ValueError) as e:
+        print(e, file=sys.stderr)
+        return 2
+    print(json.dumps({k: v for k, v in summary.items() if k != "metrics"}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
