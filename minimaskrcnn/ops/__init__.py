@@ -51,7 +51,12 @@ def __getattr__(name):
     if name in _EXPORTS:
         mod = _EXPORTS[name]
         module = importlib.import_module(mod if mod.startswith("..") else f".{mod}", __name__)
-        return getattr(module, name)
+        # Importing ops/nms.py binds the submodule as the attribute ops.nms (the import system
+        # does that): bind every function of that file over it, or ops.nms would be the module.
+        for other, m in _EXPORTS.items():
+            if m == mod:
+                globals()[other] = getattr(module, other)
+        return globals()[name]
     raise AttributeError(f"module 'minimaskrcnn.ops' has no attribute {name!r}")
 
 
