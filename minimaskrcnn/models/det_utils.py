@@ -96,8 +96,11 @@ class BoxCoder:
         # (w * diff) / width: the same grouping as torchvision, so float32 rounding matches.
         targets_dx = wx * (gt_ctr_x - ex_ctr_x) / ex_widths
         targets_dy = wy * (gt_ctr_y - ex_ctr_y) / ex_heights
-        targets_dw = ww * xp.log(gt_widths / ex_widths)
-        targets_dh = wh * xp.log(gt_heights / ex_heights)
+        # A background image matches zero boxes: log(0) = -inf, as in torchvision; those rows
+        # are negatives and never reach the box loss, so the warning is noise.
+        with np.errstate(divide="ignore", invalid="ignore"):
+            targets_dw = ww * xp.log(gt_widths / ex_widths)
+            targets_dh = wh * xp.log(gt_heights / ex_heights)
         return xp.concatenate((targets_dx, targets_dy, targets_dw, targets_dh), axis=1)  # (K, 4)
 
     # ------------------------------------------------------------------ decode
