@@ -351,3 +351,55 @@ def test_roi_heads_training_errors(rng, same_samples):
     bad = _targets(rng, masks=False)
     with pytest.raises(ValueError, match=r"targets\[0\] has no 'masks' key"):
         ours(feats, proposals, IMAGE_SIZES, bad)
+
+
+@pytest.mark.gpu
+def test_training_losses_on_cupy_match_torchvision(rng, same_samples):
+    """RPN and RoIHeads training on the GPU with NumPy targets: the same loss dicts and
+    parameter gradients as torchvision on the CPU (same samples)."""
+    from minimaskrcnn.backends import is_cupy, to_device, to_numpy
+
+    rpn, tv_rpn = _both_rpns(rng, same_samples)
+    rpn.train().to("cupy")
+    tv_rpn.train()
+    feats = _features(rng)
+    targets = _targets(rng, masks=True)
+    tensors = np.zeros((2, 3) + PADDED, np.float32)
+    gpu_feats = OrderedDict((k, Tensor(to_device(v, "cupy"))) for k, v in feats.items())
+    proposals, losses = rpn(
+        SimpleNamespace(tensors=to_device(tensors, "cupy"), image_sizes=IMAGE_SIZES),
+        gpu_feats,
+        targets,
+    )
+    (losses["loss_objectness"] + losses["loss_rpn_box_reg"]).backward()
+    _, tlosses = tv_rpn(
+        TVImageList(_t(tensors), IMAGE_SIZES),
+        OrderedDict((k, _t(v)) for k, v in feats.items()),
+        _torch_targets(targets),
+    )
+    (tlosses["loss_objectness"] + tlosses["loss_rpn_box_reg"]).backward()
+    for k in losses:
+        assert is_cupy(losses[k].data)
+        _close(to_numpy(losses[k].data), tlosses[k], k, rtol=1e-5)
+    tparams = dict(tv_rpn.head.named_parameters())
+    for name, p in rpn.head.named_parameters():
+        _close(to_numpy(p.grad), tparams[name].grad, f"grad {name}", rtol=1e-4, atol=1e-6)
+
+    heads, tv_heads = _both_heads(rng, same_samples)
+    heads.train().to("cupy")
+    tv_heads.train()
+    boxes = [_boxes(rng, 40, s) for s in IMAGE_SIZES]
+    _, losses = heads(gpu_feats, [to_device(b, "cupy") for b in boxes], IMAGE_SIZES, targets)
+    sum(losses.values(), Tensor(to_device(np.zeros((), np.float32), "cupy"))).backward()
+    _, tlosses = tv_heads(
+        OrderedDict((k, _t(v)) for k, v in feats.items()),
+        [_t(b) for b in boxes],
+        IMAGE_SIZES,
+        _torch_targets(targets),
+    )
+    sum(tlosses.values()).backward()
+    for k in tlosses:
+        _close(to_numpy(losses[k].data), tlosses[k], k, rtol=1e-5)
+    tparams = dict(tv_heads.named_parameters())
+    for name, p in heads.named_parameters():
+        _close(to_numpy(p.grad), tparams[name].grad, f"grad {name}", rtol=1e-4, atol=1e-6)

@@ -276,3 +276,30 @@ def test_roi_heads_eval_no_detections(rng):
         result, _ = ours(feats, [_boxes(rng, 5, s) for s in IMAGE_SIZES], IMAGE_SIZES)
     for r in result:
         assert r["boxes"].shape == (0, 4) and r["masks"].shape == (0, 1, 28, 28)
+
+
+@pytest.mark.gpu
+def test_roi_heads_eval_on_cupy_matches_torchvision(rng):
+    """RoIAlign, heads, NMS and masks on the GPU ("cupy" kernels): torchvision's detections."""
+    ours, tv = _both_heads(rng)
+    ours.eval().to("cupy")
+    tv.eval()
+    feats = _features(rng)
+    proposals = [_boxes(rng, 30, s) for s in IMAGE_SIZES]
+    gpu_feats = OrderedDict((k, Tensor(backends.to_device(v, "cupy"))) for k, v in feats.items())
+    result, _ = ours(gpu_feats, [backends.to_device(p, "cupy") for p in proposals], IMAGE_SIZES)
+    with torch.no_grad():
+        t_result, _ = tv(
+            OrderedDict((k, torch.from_numpy(v)) for k, v in feats.items()),
+            [torch.from_numpy(p) for p in proposals],
+            IMAGE_SIZES,
+        )
+    for r, t in zip(result, t_result, strict=True):
+        assert all(backends.is_cupy(v) for v in r.values()), "results stay on the GPU"
+        r = {k: backends.to_numpy(v) for k, v in r.items()}
+        assert len(t["boxes"]) > 5
+        # Same tolerances as on the CPU: GPU sums round in yet another order, ~1e-6 relative.
+        np.testing.assert_array_equal(r["labels"], t["labels"].numpy())
+        np.testing.assert_allclose(r["scores"], t["scores"].numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(r["boxes"], t["boxes"].numpy(), rtol=1e-5, atol=1e-3)
+        np.testing.assert_allclose(r["masks"], t["masks"].numpy(), rtol=1e-5, atol=1e-5)

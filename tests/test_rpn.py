@@ -221,3 +221,25 @@ def test_rpn_errors_are_clear(rng):
             dict(training=1, testing=1),
             0.7,
         )
+
+
+@pytest.mark.gpu
+def test_rpn_eval_on_cupy_matches_torchvision(rng):
+    """The whole RPN on the GPU ("cupy" kernels for conv2d and nms): the same proposals."""
+    ours, tv = _both_rpns(rng)
+    ours.eval().to("cupy")
+    tv.eval()
+    feats = _features(rng)
+    our_images, tv_images = _images()
+    our_images.tensors = backends.to_device(our_images.tensors, "cupy")
+    gpu_feats = OrderedDict((k, Tensor(backends.to_device(v, "cupy"))) for k, v in feats.items())
+    boxes, _ = ours(our_images, gpu_feats)
+    with torch.no_grad():
+        tv_feats = OrderedDict((k, torch.from_numpy(v)) for k, v in feats.items())
+        tv_boxes, _ = tv(tv_images, tv_feats)
+        obj, _ = tv.head(list(tv_feats.values()))
+    for i, (b, tb) in enumerate(zip(boxes, tv_boxes, strict=True)):
+        assert backends.is_cupy(b), "proposals stay on the GPU"
+        tv_scores = torch.cat([o[i].flatten() for o in obj]).sigmoid().numpy()
+        # GPU convolutions (and exp) round differently again: the same 1e-3 px as on the CPU.
+        _assert_same_proposals(backends.to_numpy(b), tb.numpy(), tv_scores, atol=1e-3)

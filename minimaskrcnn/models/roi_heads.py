@@ -225,7 +225,8 @@ def maskrcnn_loss(
     discretization_size = mask_logits.shape[-1]
     xp = backends.array_module(_data(mask_logits))
     labels = [
-        _data(gt_label)[idxs] for gt_label, idxs in zip(gt_labels, mask_matched_idxs, strict=True)
+        xp.asarray(_data(gt_label))[idxs]
+        for gt_label, idxs in zip(gt_labels, mask_matched_idxs, strict=True)
     ]
     mask_targets = [
         project_masks_on_boxes(xp.asarray(_data(m)), p, i, discretization_size)
@@ -364,8 +365,9 @@ class RoIHeads(Module):
         self.check_targets(targets)
         dtype = proposals[0].dtype
         xp = backends.array_module(proposals[0])
-        gt_boxes = [_data(t["boxes"]).astype(dtype, copy=False) for t in targets]
-        gt_labels = [_data(t["labels"]) for t in targets]
+        # Targets may come as NumPy arrays while the model runs on CuPy: follow the proposals.
+        gt_boxes = [xp.asarray(_data(t["boxes"])).astype(dtype, copy=False) for t in targets]
+        gt_labels = [xp.asarray(_data(t["labels"])) for t in targets]
 
         proposals = self.add_gt_proposals(proposals, gt_boxes)
         matched_idxs, labels = self.assign_targets_to_proposals(proposals, gt_boxes, gt_labels)

@@ -174,8 +174,9 @@ class RegionProposalNetwork(Module):
         for i, (anchors_per_image, targets_per_image) in enumerate(
             zip(anchors, targets, strict=True)
         ):
-            gt_boxes = _data(targets_per_image["boxes"])  # (M, 4)
             xp = backends.array_module(anchors_per_image)
+            # Targets may come as NumPy arrays while the model runs on CuPy: follow the anchors.
+            gt_boxes = xp.asarray(_data(targets_per_image["boxes"]))  # (M, 4)
             if gt_boxes.size == 0:  # a background image: every anchor negative
                 matched_gt_boxes_per_image = xp.zeros(anchors_per_image.shape, dtype=np.float32)
                 labels_per_image = xp.zeros((anchors_per_image.shape[0],), dtype=np.float32)
