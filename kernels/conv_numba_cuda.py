@@ -1,0 +1,515 @@
+"""2-D convolution in Numba CUDA: a ladder of four versions, plus the backward kernels.
+
+See the reference in kernels/conv_numpy.py (the loop spec; every shape name below is its).
+
+Shapes:
+    N: images, C: input channels, H, W: input size, O: output channels, G: groups,
+    Cg = C // G, Og = O // G, KH, KW: kernel size, OH, OW: output size,
+    K = Cg * KH * KW (the reduction length), L = OH * OW (output positions of one image).
+
+Seen as a matrix product, one image and one group of a convolution is
+``out (Og, L) = weight (Og, K) @ cols (K, L)`` where ``cols[k, l]`` is the input pixel that kernel
+tap k = (c, kh, kw) sees from output position l = (oh, ow). The versions differ in how they feed
+that product:
+
+1. ``naive``: one thread per output element, the spec's loops verbatim. Every thread re-reads its
+   K inputs and K weights from global memory: 2 loads per multiply-add, memory bound.
+2. ``im2col``: an im2col kernel materializes ``cols`` (K, L) in global memory, then a
+   shared-memory tiled GEMM (16x16 tiles) multiplies. Each value loaded into shared memory is
+   reused 16 times, but ``cols`` costs K*L extra writes and reads (9x the input for a 3x3 conv).
+3. ``tiled``: implicit GEMM. The same 16x16 tiled GEMM, but the B tile is gathered from the input
+   image on the fly (index arithmetic instead of a ``cols`` buffer): no extra memory traffic.
+4. ``regtiled``: register blocking. A 32x32 output tile per block of 8x8 threads; each thread
+   accumulates a 4x4 sub-tile in registers (local array), reading 4 A values and 4 B values from
+   shared memory per 16 multiply-adds (vs 2 per 1 in version 3). More work per thread hides
+   shared-memory latency; this is the step that makes hand-written GEMMs fast.
+
+Backward (shared by the versions; version 1 uses direct kernels, the others GEMM + col2im):
+* grad_input = a transposed convolution: ``cols = weight^T (K, Og) @ grad_out (Og, L)``, then
+  col2im (one thread per input pixel *gathers* its contributions: deterministic, no atomics).
+  Version 1: one thread per input pixel looping over (o, kh, kw) directly.
+* grad_weight = ``grad_out (Og, L) @ cols^T (L, K)`` summed over images (GEMM with B transposed).
+  Version 1: one thread per weight element looping over (n, oh, ow).
+* grad_bias is a sum, done by the array library in minimaskrcnn.ops.conv.
+
+Groups are supported by every version. Kernels are built per dtype (float32 or float64) by
+``_kernels(dtype)``: shared and local arrays need the dtype at compile time. Arrays may be NumPy
+(copied to the device and back) or CuPy (used in place through __cuda_array_interface__).
+In the simulator (NUMBA_ENABLE_CUDASIM=1) every CUDA thread is a Python thread: tiny shapes only.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from functools import lru_cache
+
+import numba
+import numpy as np
+from numba import cuda
+
+from .conv_numpy import output_size
+
+VERSIONS = {"naive": 1, "im2col": 2, "tiled": 3, "regtiled": 4}
+DEFAULT = "regtiled"
+
+# The simulator starts one Python thread per CUDA thread, so there the tiles are smaller (fewer
+# threads per block); the code is the same and odd sizes still cross tile edges.
+_SIM = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1"
+TS = 8 if _SIM else 16  # versions 2 and 3: square tile, TS x TS threads
+BM, BN, BK = (16, 16, 4) if _SIM else (32, 32, 8)  # version 4: block tile (channels, positions, K)
+TM, TN = (4, 4) if _SIM else (4, 4)  # version 4: register tile; (BM/TM) x (BN/TN) threads
+THREADS_1D = 32 if _SIM else 128
+
+
+@lru_cache(maxsize=None)
+def _kernels(dtype_name: str):
+    dt = numba.float32 if dtype_name == "float32" else numba.float64
+
+    @cuda.jit
+    def fwd_naive(x, w, out, sh, sw, ph, pw, dh, dw, groups):
+        i = cuda.grid(1)
+        n_, o_, oh_, ow_ = out.shape
+        if i >= n_ * o_ * oh_ * ow_:
+            return
+        ow = i % ow_
+        oh = (i // ow_) % oh_
+        o = (i // (ow_ * oh_)) % o_
+        n = i // (ow_ * oh_ * o_)
+        cg, kh_, kw_ = w.shape[1], w.shape[2], w.shape[3]
+        h, wd = x.shape[2], x.shape[3]
+        c0 = (o // (o_ // groups)) * cg  # first input channel of o's group
+        acc = dt(0.0)
+        for c in range(cg):
+            for kh in range(kh_):
+                y = oh * sh - ph + kh * dh
+                if y < 0 or y >= h:
+                    continue
+                for kw in range(kw_):
+                    xx = ow * sw - pw + kw * dw
+                    if 0 <= xx < wd:
+                        acc += x[n, c0 + c, y, xx] * w[o, c, kh, kw]
+        out[n, o, oh, ow] = acc
+
+    @cuda.jit
+    def im2col(x, cols, kh_, kw_, sh, sw, ph, pw, dh, dw, oh_, ow_):
+        """cols (C*KH*KW, L) of one image x (C, H, W); one thread per element of cols."""
+        i = cuda.grid(1)
+        k_all, l_all = cols.shape
+        if i >= k_all * l_all:
+            return
+        l = i % l_all
+        k = i // l_all
+        kw = k % kw_
+        kh = (k // kw_) % kh_
+        c = k // (kw_ * kh_)
+        y = (l // ow_) * sh - ph + kh * dh
+        xx = (l % ow_) * sw - pw + kw * dw
+        v = dt(0.0)
+        if 0 <= y < x.shape[1] and 0 <= xx < x.shape[2]:
+            v = x[c, y, xx]
+        cols[k, l] = v
+
+    @cuda.jit
+    def col2im(cols, gx, kh_, kw_, sh, sw, ph, pw, dh, dw, oh_, ow_):
+        """gx (C, H, W) of one image from cols (C*KH*KW, L): one thread per pixel gathers."""
+        i = cuda.grid(1)
+        c_, h, wd = gx.shape
+        if i >= c_ * h * wd:
+            return
+        xx = i % wd
+        y = (i // wd) % h
+        c = i // (wd * h)
+        acc = dt(0.0)
+        for kh in range(kh_):
+            ty = y + ph - kh * dh  # = oh * sh if this tap reaches (y, xx)
+            if ty < 0 or ty % sh != 0 or ty // sh >= oh_:
+                continue
+            for kw in range(kw_):
+                tx = xx + pw - kw * dw
+                if tx < 0 or tx % sw != 0 or tx // sw >= ow_:
+                    continue
+                acc += cols[(c * kh_ + kh) * kw_ + kw, (ty // sh) * ow_ + tx // sw]
+        gx[c, y, xx] = acc
+
+    @cuda.jit
+    def gemm(a, b, c, ta, tb, accumulate):
+        """c (M, N) (+)= op(a) @ op(b), op = transpose when ta/tb; 16x16 shared-memory tiles."""
+        sa = cuda.shared.array((TS, TS), dt)
+        sb = cuda.shared.array((TS, TS), dt)
+        m_, n_ = c.shape
+        k_ = a.shape[0] if ta else a.shape[1]
+        tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+        row = cuda.blockIdx.y * TS + ty
+        col = cuda.blockIdx.x * TS + tx
+        acc = dt(0.0)
+        for k0 in range(0, k_, TS):
+            ka, kb = k0 + tx, k0 + ty
+            va = dt(0.0)
+            if row < m_ and ka < k_:
+                va = a[ka, row] if ta else a[row, ka]
+            sa[ty, tx] = va
+            vb = dt(0.0)
+            if kb < k_ and col < n_:
+                vb = b[col, kb] if tb else b[kb, col]
+            sb[ty, tx] = vb
+            cuda.syncthreads()
+            for kk in range(TS):
+                acc += sa[ty, kk] * sb[kk, tx]
+            cuda.syncthreads()
+        if row < m_ and col < n_:
+            if accumulate:
+                c[row, col] += acc
+            else:
+                c[row, col] = acc
+
+    @cuda.jit(device=True)
+    def gather(x, n, c0, k, l, kh_, kw_, sh, sw, ph, pw, dh, dw, ow_):
+        """cols[k, l] of image n computed from x on the fly (0 outside the image)."""
+        kw = k % kw_
+        kh = (k // kw_) % kh_
+        c = k // (kw_ * kh_)
+        y = (l // ow_) * sh - ph + kh * dh
+        xx = (l % ow_) * sw - pw + kw * dw
+        if 0 <= y < x.shape[2] and 0 <= xx < x.shape[3]:
+            return x[n, c0 + c, y, xx]
+        return dt(0.0)
+
+    @cuda.jit
+    def fwd_tiled(x, w2, out3, groups, kh_, kw_, sh, sw, ph, pw, dh, dw, ow_):
+        """out3 (N, O, L); w2 (O, K). Grid: (L tiles, Og tiles, N*G)."""
+        sa = cuda.shared.array((TS, TS), dt)
+        sb = cuda.shared.array((TS, TS), dt)
+        o_all, k_ = w2.shape
+        l_all = out3.shape[2]
+        og = o_all // groups
+        n = cuda.blockIdx.z // groups
+        g = cuda.blockIdx.z % groups
+        c0 = g * (x.shape[1] // groups)
+        tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+        m = cuda.blockIdx.y * TS + ty  # output channel within the group
+        l = cuda.blockIdx.x * TS + tx
+        acc = dt(0.0)
+        for k0 in range(0, k_, TS):
+            ka, kb = k0 + tx, k0 + ty
+            va = dt(0.0)
+            if m < og and ka < k_:
+                va = w2[g * og + m, ka]
+            sa[ty, tx] = va
+            vb = dt(0.0)
+            if kb < k_ and l < l_all:
+                vb = gather(x, n, c0, kb, l, kh_, kw_, sh, sw, ph, pw, dh, dw, ow_)
+            sb[ty, tx] = vb
+            cuda.syncthreads()
+            for kk in range(TS):
+                acc += sa[ty, kk] * sb[kk, tx]
+            cuda.syncthreads()
+        if m < og and l < l_all:
+            out3[n, g * og + m, l] = acc
+
+    @cuda.jit
+    def fwd_regtiled(x, w2, out3, groups, kh_, kw_, sh, sw, ph, pw, dh, dw, ow_):
+        """Like fwd_tiled with a BM x BN block tile and a TM x TN register tile per thread."""
+        sa = cuda.shared.array((BK, BM), dt)  # A transposed: a thread's TM values are adjacent
+        sb = cuda.shared.array((BK, BN), dt)
+        acc = cuda.local.array((TM, TN), dt)
+        ra = cuda.local.array(TM, dt)
+        rb = cuda.local.array(TN, dt)
+        o_all, k_ = w2.shape
+        l_all = out3.shape[2]
+        og = o_all // groups
+        n = cuda.blockIdx.z // groups
+        g = cuda.blockIdx.z % groups
+        c0 = g * (x.shape[1] // groups)
+        tx, ty = cuda.threadIdx.x, cuda.threadIdx.y  # tx over positions, ty over channels
+        tid = ty * (BN // TN) + tx
+        nthreads = (BM // TM) * (BN // TN)
+        m0 = cuda.blockIdx.y * BM
+        l0 = cuda.blockIdx.x * BN
+        for i in range(TM):
+            for j in range(TN):
+                acc[i, j] = dt(0.0)
+        for k0 in range(0, k_, BK):
+            # Cooperative loads: BK*BM weights and BK*BN gathered inputs, spread over threads.
+            for e in range(tid, BK * BM, nthreads):
+                kk, mm = e // BM, e % BM
+                v = dt(0.0)
+                if m0 + mm < og and k0 + kk < k_:
+                    v = w2[g * og + m0 + mm, k0 + kk]
+                sa[kk, mm] = v
+            for e in range(tid, BK * BN, nthreads):
+                kk, ll = e // BN, e % BN
+                v = dt(0.0)
+                if k0 + kk < k_ and l0 + ll < l_all:
+                    v = gather(x, n, c0, k0 + kk, l0 + ll, kh_, kw_, sh, sw, ph, pw, dh, dw, ow_)
+                sb[kk, ll] = v
+            cuda.syncthreads()
+            for kk in range(BK):
+                for i in range(TM):
+                    ra[i] = sa[kk, ty * TM + i]
+                for j in range(TN):
+                    rb[j] = sb[kk, tx * TN + j]
+                for i in range(TM):
+                    for j in range(TN):
+                        acc[i, j] += ra[i] * rb[j]
+            cuda.syncthreads()
+        for i in range(TM):
+            m = m0 + ty * TM + i
+            if m >= og:
+                continue
+            for j in range(TN):
+                l = l0 + tx * TN + j
+                if l < l_all:
+                    out3[n, g * og + m, l] = acc[i, j]
+
+    @cuda.jit
+    def gx_naive(g, w, gx, sh, sw, ph, pw, dh, dw, groups):
+        """One thread per input pixel: sum over every (o, kh, kw) whose window covers it."""
+        i = cuda.grid(1)
+        n_, c_, h, wd = gx.shape
+        if i >= n_ * c_ * h * wd:
+            return
+        xx = i % wd
+        y = (i // wd) % h
+        c = (i // (wd * h)) % c_
+        n = i // (wd * h * c_)
+        o_all, cg, kh_, kw_ = w.shape
+        og = o_all // groups
+        grp = c // cg
+        oh_, ow_ = g.shape[2], g.shape[3]
+        acc = dt(0.0)
+        for o in range(grp * og, (grp + 1) * og):
+            for kh in range(kh_):
+                ty = y + ph - kh * dh
+                if ty < 0 or ty % sh != 0 or ty // sh >= oh_:
+                    continue
+                for kw in range(kw_):
+                    tx = xx + pw - kw * dw
+                    if tx < 0 or tx % sw != 0 or tx // sw >= ow_:
+                        continue
+                    acc += g[n, o, ty // sh, tx // sw] * w[o, c - grp * cg, kh, kw]
+        gx[n, c, y, xx] = acc
+
+    @cuda.jit
+    def gw_naive(g, x, gw, sh, sw, ph, pw, dh, dw, groups):
+        """One thread per weight element: sum over every image and output position."""
+        i = cuda.grid(1)
+        o_all, cg, kh_, kw_ = gw.shape
+        if i >= o_all * cg * kh_ * kw_:
+            return
+        kw = i % kw_
+        kh = (i // kw_) % kh_
+        c = (i // (kw_ * kh_)) % cg
+        o = i // (kw_ * kh_ * cg)
+        c_in = (o // (o_all // groups)) * cg + c
+        n_, _, oh_, ow_ = g.shape
+        h, wd = x.shape[2], x.shape[3]
+        acc = dt(0.0)
+        for n in range(n_):
+            for oh in range(oh_):
+                y = oh * sh - ph + kh * dh
+                if y < 0 or y >= h:
+                    continue
+                for ow in range(ow_):
+                    xx = ow * sw - pw + kw * dw
+                    if 0 <= xx < wd:
+                        acc += g[n, o, oh, ow] * x[n, c_in, y, xx]
+        gw[o, c, kh, kw] = acc
+
+    return {
+        "fwd_naive": fwd_naive,
+        "im2col": im2col,
+        "col2im": col2im,
+        "gemm": gemm,
+        "fwd_tiled": fwd_tiled,
+        "fwd_regtiled": fwd_regtiled,
+        "gx_naive": gx_naive,
+        "gw_naive": gw_naive,
+    }
+
+
+# ----------------------------------------------------------------------------- host side
+def _number(version) -> int:
+    v = DEFAULT if version is None else version
+    return VERSIONS[v] if isinstance(v, str) else int(v)
+
+
+class _Device:
+    """Where the arrays live: CuPy arrays are used in place, NumPy arrays are copied over and the
+    result copied back (so "numba" works on both, as the backend table promises)."""
+
+    def __init__(self, first):
+        from minimaskrcnn.backends import is_cupy
+
+        self.cupy = is_cupy(first)
+
+    def put(self, a):
+        return a if self.cupy else cuda.to_device(np.ascontiguousarray(a))
+
+    def empty(self, shape, dtype):
+        if self.cupy:
+            import cupy
+
+            return cupy.empty(shape, dtype=dtype)
+        return cuda.device_array(shape, dtype=dtype)
+
+    def zeros(self, shape, dtype):
+        if self.cupy:
+            import cupy
+
+            return cupy.zeros(shape, dtype=dtype)
+        return cuda.to_device(np.zeros(shape, dtype=dtype))
+
+    def get(self, a):
+        return a if self.cupy else a.copy_to_host()
+
+
+def _grid1(total):
+    return (max(1, math.ceil(total / THREADS_1D)),), (THREADS_1D,)
+
+
+def _gemm(k, a, b, c, ta, tb, accumulate):
+    m, n = c.shape
+    k["gemm"][(math.ceil(n / TS), math.ceil(m / TS)), (TS, TS)](a, b, c, ta, tb, accumulate)
+
+
+def forward(x, weight, bias, stride, padding, dilation, groups, version=None):
+    """See conv_numpy.forward; ``version`` picks the ladder step (see the header)."""
+    v = _number(version)
+    dev = _Device(x)
+    k = _kernels(np.dtype(x.dtype).name)
+    n, c, h, w = x.shape
+    o, cg, kh, kw = weight.shape
+    oh, ow = output_size(h, w, kh, kw, stride, padding, dilation)
+    sh, sw, ph, pw, dh, dw = *stride, *padding, *dilation
+    dx, dwt = dev.put(x), dev.put(weight)
+    out = dev.empty((n, o, oh, ow), x.dtype)
+    og, kk, l_all = o // groups, cg * kh * kw, oh * ow
+    if v == 1:
+        blocks, threads = _grid1(out.size)
+        k["fwd_naive"][blocks, threads](dx, dwt, out, sh, sw, ph, pw, dh, dw, groups)
+    elif v == 2:
+        cols = dev.empty((c * kh * kw, l_all), x.dtype)  # (G*K, L): group g's rows g*K..(g+1)*K
+        w2 = dwt.reshape(o, kk)
+        for b in range(n):
+            blocks, threads = _grid1(cols.size)
+            k["im2col"][blocks, threads](dx[b], cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
+            ob = out[b].reshape(o, l_all)
+            for g in range(groups):
+                _gemm(
+                    k,
+                    w2[g * og : (g + 1) * og],
+                    cols[g * kk : (g + 1) * kk],
+                    ob[g * og : (g + 1) * og],
+                    0,
+                    0,
+                    0,
+                )
+    elif v == 3:
+        grid = (math.ceil(l_all / TS), math.ceil(og / TS), n * groups)
+        k["fwd_tiled"][grid, (TS, TS)](
+            dx,
+            dwt.reshape(o, kk),
+            out.reshape(n, o, l_all),
+            groups,
+            kh,
+            kw,
+            sh,
+            sw,
+            ph,
+            pw,
+            dh,
+            dw,
+            ow,
+        )
+    else:
+        grid = (math.ceil(l_all / BN), math.ceil(og / BM), n * groups)
+        k["fwd_regtiled"][grid, (BN // TN, BM // TM)](
+            dx,
+            dwt.reshape(o, kk),
+            out.reshape(n, o, l_all),
+            groups,
+            kh,
+            kw,
+            sh,
+            sw,
+            ph,
+            pw,
+            dh,
+            dw,
+            ow,
+        )
+    out = dev.get(out)
+    if bias is not None:
+        out += bias.reshape(1, o, 1, 1)
+    return out
+
+
+def grad_input(grad_out, weight, input_shape, stride, padding, dilation, groups, version=None):
+    """See conv_numpy.grad_input. Version 1: direct gather; 2-4: W^T @ grad_out, then col2im."""
+    v = _number(version)
+    dev = _Device(grad_out)
+    k = _kernels(np.dtype(grad_out.dtype).name)
+    n, o, oh, ow = grad_out.shape
+    _, cg, kh, kw = weight.shape
+    _, c, h, w = input_shape
+    sh, sw, ph, pw, dh, dw = *stride, *padding, *dilation
+    dg, dwt = dev.put(grad_out), dev.put(weight)
+    gx = dev.empty(tuple(input_shape), grad_out.dtype)
+    if v == 1:
+        blocks, threads = _grid1(gx.size)
+        k["gx_naive"][blocks, threads](dg, dwt, gx, sh, sw, ph, pw, dh, dw, groups)
+        return dev.get(gx)
+    og, kk, l_all = o // groups, cg * kh * kw, oh * ow
+    w2 = dwt.reshape(o, kk)
+    cols = dev.empty((c * kh * kw, l_all), grad_out.dtype)
+    for b in range(n):
+        gb = dg[b].reshape(o, l_all)
+        for g in range(groups):  # cols_g (K, L) = W_g^T (K, Og) @ grad_out_g (Og, L)
+            _gemm(
+                k,
+                w2[g * og : (g + 1) * og],
+                gb[g * og : (g + 1) * og],
+                cols[g * kk : (g + 1) * kk],
+                1,
+                0,
+                0,
+            )
+        blocks, threads = _grid1(c * h * w)
+        k["col2im"][blocks, threads](cols, gx[b], kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
+    return dev.get(gx)
+
+
+def grad_weight(grad_out, x, weight_shape, stride, padding, dilation, groups, version=None):
+    """See conv_numpy.grad_weight. Version 1: direct; 2-4: sum_n grad_out_n @ im2col(x_n)^T."""
+    v = _number(version)
+    dev = _Device(grad_out)
+    k = _kernels(np.dtype(grad_out.dtype).name)
+    n, o, oh, ow = grad_out.shape
+    _, cg, kh, kw = weight_shape
+    c = x.shape[1]
+    sh, sw, ph, pw, dh, dw = *stride, *padding, *dilation
+    dg, dx = dev.put(grad_out), dev.put(x)
+    if v == 1:
+        gw = dev.empty(tuple(weight_shape), grad_out.dtype)
+        blocks, threads = _grid1(gw.size)
+        k["gw_naive"][blocks, threads](dg, dx, gw, sh, sw, ph, pw, dh, dw, groups)
+        return dev.get(gw)
+    og, kk, l_all = o // groups, cg * kh * kw, oh * ow
+    gw = dev.zeros((o, kk), grad_out.dtype)
+    cols = dev.empty((c * kh * kw, l_all), x.dtype)
+    for b in range(n):
+        blocks, threads = _grid1(cols.size)
+        k["im2col"][blocks, threads](dx[b], cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
+        gb = dg[b].reshape(o, l_all)
+        for g in range(groups):  # gw_g (Og, K) += grad_out_g (Og, L) @ cols_g^T (L, K)
+            _gemm(
+                k,
+                gb[g * og : (g + 1) * og],
+                cols[g * kk : (g + 1) * kk],
+                gw[g * og : (g + 1) * og],
+                0,
+                1,
+                1,
+            )
+    return dev.get(gw).reshape(tuple(weight_shape))
