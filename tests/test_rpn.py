@@ -26,7 +26,7 @@ from torchvision.models.detection.rpn import RPNHead as TVRPNHead
 
 from minimaskrcnn import backends
 from minimaskrcnn.models.anchor_utils import AnchorGenerator
-from minimaskrcnn.models.rpn import RegionProposalNetwork, RPNHead
+from minimaskrcnn.models.rpn import RegionProposalNetwork, RPNHead, _topk_desc
 from minimaskrcnn.tensor import Tensor
 
 RPN_BACKENDS = ["numpy", "cpu"]
@@ -243,3 +243,14 @@ def test_rpn_eval_on_cupy_matches_torchvision(rng):
         tv_scores = torch.cat([o[i].flatten() for o in obj]).sigmoid().numpy()
         # GPU convolutions (and exp) round differently again: the same 1e-3 px as on the CPU.
         _assert_same_proposals(backends.to_numpy(b), tb.numpy(), tv_scores, atol=1e-3)
+
+
+def test_topk_is_torch_topk_with_ties_in_index_order(rng):
+    # Values on a coarse grid: many exact ties, also at the k-th place.
+    x = rng.integers(0, 6, (3, 50)).astype(np.float32)
+    for k in (1, 7, 49, 50):
+        got = _topk_desc(x, k)
+        want = np.argsort(-x, axis=1, kind="stable")[:, :k]
+        np.testing.assert_array_equal(got, want)
+        tv_vals = torch.from_numpy(x).topk(k, dim=1).values.numpy()
+        np.testing.assert_array_equal(np.take_along_axis(x, got, axis=1), tv_vals)

@@ -102,14 +102,35 @@ def concat_box_prediction_layers(box_cls: list, box_regression: list):
     return box_cls, box_regression
 
 
+def _stable_desc(x):
+    """Indices sorting a 1-D x by decreasing value, equal values in index order."""
+    xp = backends.array_module(x)
+    return xp.argsort(-x, kind="stable") if xp is np else xp.argsort(-x)  # CuPy sorts stably
+
+
 def _topk_desc(x, k: int):
-    """Indices of the k largest values of each row of x (N, n), by decreasing value.
+    """Indices of the k largest values of each row of x (N, n), by decreasing value (torch.topk).
 
     torch.topk's order among exactly equal values is unspecified; here ties keep index order.
+    Sorting a whole level (180k anchors at 800 x 1216) costs ~20x more than this: find the k-th
+    largest value with a partition (O(n)), keep what is above it plus the first of its ties, and
+    sort only those k.
     """
     xp = backends.array_module(x)
-    order = xp.argsort(-x, axis=1, kind="stable") if xp is np else xp.argsort(-x, axis=1)
-    return order[:, :k]
+    n = x.shape[1]
+    if k >= n:
+        return xp.stack([_stable_desc(row) for row in x])
+    kth = xp.partition(x, n - k, axis=1)[:, n - k]  # (N,) the k-th largest of each row
+    out = []
+    for row, t in zip(x, kth, strict=True):
+        above = xp.nonzero(row > t)[0]
+        ties = xp.nonzero(row == t)[0][: k - int(above.size)]
+        cand = xp.sort(xp.concatenate([above, ties]))  # k indices, increasing
+        if cand.size != k:  # NaN logits defeat the partition: fall back to a full sort
+            out.append(_stable_desc(row)[:k])
+            continue
+        out.append(cand[_stable_desc(row[cand])])
+    return xp.stack(out)  # (N, k)
 
 
 class RegionProposalNetwork(Module):
