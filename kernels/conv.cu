@@ -1,0 +1,366 @@
+// 2-D convolution in CUDA C (float32): a ladder of versions, loaded by kernels/conv_cupy.py.
+//
+// See the reference in kernels/conv_numpy.py (the loop spec, and what every shape name means).
+//
+// Shapes: N images, C input channels, H x W input, O output channels, G groups, Cg = C/G,
+// Og = O/G, KH x KW kernel, OH x OW output, K = Cg*KH*KW (reduction), L = OH*OW (positions).
+//
+// One image and one group of a convolution is the matrix product
+//     out (Og, L) = weight (Og, K) @ cols (K, L),   cols[(c,kh,kw), (oh,ow)] = x[c, oh*sh-ph+kh*dh, ...]
+// and grad_input is the same shape of product read the other way (a transposed convolution):
+//     grad_x (Cg, H*W) = weight^T (Cg, Og*KH*KW) @ gcols (Og*KH*KW, H*W),
+//     gcols[(o,kh,kw), (y,x)] = grad_out[o, (y+ph-kh*dh)/sh, (x+pw-kw*dw)/sw] when that divides.
+// Both are "implicit GEMMs": A is a weight matrix, B is gathered from an image on the fly. The
+// gather is the only difference, so versions 3 and 4 are templates on DGRAD (false: forward,
+// true: grad_input) and one kernel body serves conv2d, its input gradient and conv_transpose2d.
+//
+// Versions (what changes, and why it is faster):
+//   1 naive      one thread per output element, the spec's loops. Two global loads per FMA, no
+//                reuse beyond the caches: memory bound.
+//   2 im2col     an im2col kernel writes cols (K, L) to global memory, then cuBLAS (cupy.matmul)
+//                multiplies: fast GEMM, but cols costs 2*K*L extra memory traffic (9x the input
+//                for a 3x3 conv). The GEMM is cuBLAS's, not ours: labelled "im2col+cuBLAS".
+//   3 tiled      implicit GEMM with 16x16 shared-memory tiles: each value loaded from global
+//                memory is used 16 times from shared memory; no cols buffer.
+//   4 regtiled   128x128 (or 64x128 when Og <= 64) block tile, BK = 8, 256 threads, each thread
+//                accumulating an 8x8 (4x8) tile in registers: per k step a thread reads TM + TN
+//                values from shared memory for TM*TN FMAs (16 for 64). Weights are read as float4
+//                when K % 4 == 0; shared memory is double-buffered so the global loads of the
+//                next k tile are in flight while the current one is multiplied (one
+//                __syncthreads per k step).
+// Backward: grad_input uses the same ladder (DGRAD = true; version 2 = cuBLAS + col2im gather);
+// grad_weight = sum_n grad_out_n (Og, L) @ cols_n^T (L, K): version 1 is a direct kernel, the
+// others im2col + cuBLAS (see conv_cupy.py). Indices are int: every tensor here has < 2^31
+// elements (checked in conv_cupy.py).
+
+// ---------------------------------------------------------------------------------------------
+// Version 1: direct loops.
+extern "C" __global__ void conv_fwd_naive(const float* __restrict__ x, const float* __restrict__ w,
+                                          float* __restrict__ y, int N, int C, int H, int W, int O,
+                                          int KH, int KW, int OH, int OW, int sh, int sw, int ph,
+                                          int pw, int dh, int dw, int G) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= N * O * OH * OW) return;
+    int ow = i % OW, oh = (i / OW) % OH, o = (i / (OW * OH)) % O, n = i / (OW * OH * O);
+    int Cg = C / G, c0 = (o / (O / G)) * Cg;
+    float acc = 0.f;
+    for (int c = 0; c < Cg; ++c) {
+        const float* xc = x + ((long long)n * C + c0 + c) * H * W;
+        const float* wc = w + ((long long)o * Cg + c) * KH * KW;
+        for (int kh = 0; kh < KH; ++kh) {
+            int iy = oh * sh - ph + kh * dh;
+            if (iy < 0 || iy >= H) continue;
+            for (int kw = 0; kw < KW; ++kw) {
+                int ix = ow * sw - pw + kw * dw;
+                if (ix >= 0 && ix < W) acc += xc[iy * W + ix] * wc[kh * KW + kw];
+            }
+        }
+    }
+    y[i] = acc;
+}
+
+// One thread per input pixel gathers every (o, kh, kw) whose window covers it: no atomics.
+extern "C" __global__ void conv_dgrad_naive(const float* __restrict__ g, const float* __restrict__ w,
+                                            float* __restrict__ gx, int N, int C, int H, int W,
+                                            int O, int KH, int KW, int OH, int OW, int sh, int sw,
+                                            int ph, int pw, int dh, int dw, int G) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= N * C * H * W) return;
+    int ix = i % W, iy = (i / W) % H, c = (i / (W * H)) % C, n = i / (W * H * C);
+    int Cg = C / G, Og = O / G, grp = c / Cg, cc = c - grp * Cg;
+    float acc = 0.f;
+    for (int o = grp * Og; o < (grp + 1) * Og; ++o) {
+        const float* go = g + ((long long)n * O + o) * OH * OW;
+        const float* wo = w + ((long long)o * Cg + cc) * KH * KW;
+        for (int kh = 0; kh < KH; ++kh) {
+            int ty = iy + ph - kh * dh;
+            if (ty < 0 || ty % sh != 0 || ty / sh >= OH) continue;
+            for (int kw = 0; kw < KW; ++kw) {
+                int tx = ix + pw - kw * dw;
+                if (tx < 0 || tx % sw != 0 || tx / sw >= OW) continue;
+                acc += go[(ty / sh) * OW + tx / sw] * wo[kh * KW + kw];
+            }
+        }
+    }
+    gx[i] = acc;
+}
+
+// One thread per weight element sums over images and output positions.
+extern "C" __global__ void conv_wgrad_naive(const float* __restrict__ g, const float* __restrict__ x,
+                                            float* __restrict__ gw, int N, int C, int H, int W,
+                                            int O, int KH, int KW, int OH, int OW, int sh, int sw,
+                                            int ph, int pw, int dh, int dw, int G) {
+    int Cg = C / G;
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= O * Cg * KH * KW) return;
+    int kw = i % KW, kh = (i / KW) % KH, c = (i / (KW * KH)) % Cg, o = i / (KW * KH * Cg);
+    int cin = (o / (O / G)) * Cg + c;
+    float acc = 0.f;
+    for (int n = 0; n < N; ++n) {
+        const float* go = g + ((long long)n * O + o) * OH * OW;
+        const float* xc = x + ((long long)n * C + cin) * H * W;
+        for (int oh = 0; oh < OH; ++oh) {
+            int iy = oh * sh - ph + kh * dh;
+            if (iy < 0 || iy >= H) continue;
+            for (int ow = 0; ow < OW; ++ow) {
+                int ix = ow * sw - pw + kw * dw;
+                if (ix >= 0 && ix < W) acc += go[oh * OW + ow] * xc[iy * W + ix];
+            }
+        }
+    }
+    gw[i] = acc;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Version 2: im2col / col2im of one image (the GEMM is cuBLAS, called from conv_cupy.py).
+extern "C" __global__ void conv_im2col(const float* __restrict__ x, float* __restrict__ cols, int C,
+                                       int H, int W, int KH, int KW, int OH, int OW, int sh, int sw,
+                                       int ph, int pw, int dh, int dw) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    int L = OH * OW;
+    if (i >= C * KH * KW * L) return;
+    int l = i % L, k = i / L;
+    int kw = k % KW, kh = (k / KW) % KH, c = k / (KW * KH);
+    int iy = (l / OW) * sh - ph + kh * dh, ix = (l % OW) * sw - pw + kw * dw;
+    cols[i] = (iy >= 0 && iy < H && ix >= 0 && ix < W) ? x[((long long)c * H + iy) * W + ix] : 0.f;
+}
+
+// gx (C, H, W) of one image from cols (C*KH*KW, OH*OW): one thread per pixel gathers.
+extern "C" __global__ void conv_col2im(const float* __restrict__ cols, float* __restrict__ gx, int C,
+                                       int H, int W, int KH, int KW, int OH, int OW, int sh, int sw,
+                                       int ph, int pw, int dh, int dw) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= C * H * W) return;
+    int ix = i % W, iy = (i / W) % H, c = i / (W * H);
+    int L = OH * OW;
+    float acc = 0.f;
+    for (int kh = 0; kh < KH; ++kh) {
+        int ty = iy + ph - kh * dh;
+        if (ty < 0 || ty % sh != 0 || ty / sh >= OH) continue;
+        for (int kw = 0; kw < KW; ++kw) {
+            int tx = ix + pw - kw * dw;
+            if (tx < 0 || tx % sw != 0 || tx / sw >= OW) continue;
+            acc += cols[(long long)((c * KH + kh) * KW + kw) * L + (ty / sh) * OW + tx / sw];
+        }
+    }
+    gx[i] = acc;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The implicit GEMM shared by versions 3 and 4.
+//   out (N, G*Mg, P):  out[n, g*Mg + m, p] = sum_k A[g*Mg + m, k] * B_n,g[k, p]
+//   A (G*Mg, K) row-major: the weight (forward) or the per-group transposed weight (grad_input).
+//   B gathered from src (N, G*Sg, SH, SW): k = (s, kh, kw) with s < Sg, p = (py, px), px < PW.
+struct Geom {
+    int G, Mg, K, P, PW, Sg, SH, SW, KH, KW, sh, sw, ph, pw, dh, dw;
+};
+
+template <bool DGRAD>
+__device__ __forceinline__ float gather(const float* __restrict__ src, const Geom& q, int n, int g,
+                                        int k, int py, int px) {
+    int s = k / (q.KH * q.KW), r = k - s * q.KH * q.KW;
+    int kh = r / q.KW, kw = r - kh * q.KW;
+    int iy, ix;
+    if (DGRAD) {  // which grad_out element reaches pixel (py, px) through tap (kh, kw)?
+        int ty = py + q.ph - kh * q.dh, tx = px + q.pw - kw * q.dw;
+        if (ty < 0 || tx < 0 || ty % q.sh != 0 || tx % q.sw != 0) return 0.f;
+        iy = ty / q.sh;
+        ix = tx / q.sw;
+    } else {  // which input pixel does output (py, px) see through tap (kh, kw)?
+        iy = py * q.sh - q.ph + kh * q.dh;
+        ix = px * q.sw - q.pw + kw * q.dw;
+        if (iy < 0 || ix < 0) return 0.f;
+    }
+    if (iy >= q.SH || ix >= q.SW) return 0.f;
+    return src[(((long long)n * q.G + g) * q.Sg + s) * q.SH * q.SW + iy * q.SW + ix];
+}
+
+// Version 3: 16x16 tiles in shared memory, one output per thread. Grid (P/16, Mg/16, N*G).
+constexpr int TS = 16;
+
+template <bool DGRAD>
+__device__ __forceinline__ void tiled_body(const float* __restrict__ src, const float* __restrict__ A,
+                                           float* __restrict__ out, const Geom& q) {
+    __shared__ float As[TS][TS + 1];  // +1: no bank conflicts when read down a column
+    __shared__ float Bs[TS][TS + 1];
+    int n = blockIdx.z / q.G, g = blockIdx.z % q.G;
+    int tx = threadIdx.x, ty = threadIdx.y;
+    int m = blockIdx.y * TS + ty, p = blockIdx.x * TS + tx;
+    int py = p / q.PW, px = p - (p / q.PW) * q.PW;
+    float acc = 0.f;
+    for (int k0 = 0; k0 < q.K; k0 += TS) {
+        int ka = k0 + tx, kb = k0 + ty;
+        As[ty][tx] = (m < q.Mg && ka < q.K) ? A[(long long)(g * q.Mg + m) * q.K + ka] : 0.f;
+        Bs[ty][tx] = (kb < q.K && p < q.P) ? gather<DGRAD>(src, q, n, g, kb, py, px) : 0.f;
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < TS; ++kk) acc += As[ty][kk] * Bs[kk][tx];
+        __syncthreads();
+    }
+    if (m < q.Mg && p < q.P) out[((long long)n * q.G * q.Mg + g * q.Mg + m) * q.P + p] = acc;
+}
+
+#define GEOM_PARAMS                                                                                \
+    int G, int Mg, int K, int P, int PW, int Sg, int SH, int SW, int KH, int KW, int sh, int sw,   \
+        int ph, int pw, int dh, int dw
+#define GEOM_INIT {G, Mg, K, P, PW, Sg, SH, SW, KH, KW, sh, sw, ph, pw, dh, dw}
+
+extern "C" __global__ void conv_fwd_tiled(const float* __restrict__ src, const float* __restrict__ A,
+                                          float* __restrict__ out, GEOM_PARAMS) {
+    Geom q = GEOM_INIT;
+    tiled_body<false>(src, A, out, q);
+}
+
+extern "C" __global__ void conv_dgrad_tiled(const float* __restrict__ src,
+                                            const float* __restrict__ A, float* __restrict__ out,
+                                            GEOM_PARAMS) {
+    Geom q = GEOM_INIT;
+    tiled_body<true>(src, A, out, q);
+}
+
+// Version 4: BM x 128 block tile, BK = 8, 256 threads as 16 x 16, TM x 8 outputs per thread
+// (TM = BM / 16), double-buffered shared memory. Grid (P/128, Mg/BM, N*G).
+constexpr int BN = 128, BK = 8, TN = 8, NT = 256;
+
+template <int BM, bool DGRAD>
+__device__ __forceinline__ void regtiled_body(const float* __restrict__ src,
+                                              const float* __restrict__ A, float* __restrict__ out,
+                                              const Geom& q) {
+    constexpr int TM = BM / 16;
+    constexpr int A_PER = BM * BK / NT;  // weights each thread loads per k step (4 or 2)
+    constexpr int B_PER = BK * BN / NT;  // gathered inputs each thread loads per k step (4)
+    __shared__ __align__(16) float As[2][BK][BM];  // A transposed: a thread's TM rows adjacent
+    __shared__ __align__(16) float Bs[2][BK][BN];
+
+    const int tid = threadIdx.x;
+    const int tx = tid % 16, ty = tid / 16;  // tx: positions, ty: output channels
+    const int n = blockIdx.z / q.G, g = blockIdx.z % q.G;
+    const int m0 = blockIdx.y * BM, p0 = blockIdx.x * BN;
+
+    // This thread's share of the loads; the positions it gathers stay fixed over the k loop.
+    const int a_m = tid / (BK / A_PER), a_k = (tid % (BK / A_PER)) * A_PER;
+    const int b_k = tid / (BN / B_PER), b_p = (tid % (BN / B_PER)) * B_PER;
+    int b_py[B_PER], b_px[B_PER];
+#pragma unroll
+    for (int j = 0; j < B_PER; ++j) {
+        int p = p0 + b_p + j;
+        b_py[j] = p < q.P ? p / q.PW : -(1 << 20);  // far outside: gather returns 0
+        b_px[j] = p < q.P ? p % q.PW : 0;
+    }
+    const bool a_row_ok = m0 + a_m < q.Mg;
+    const float* a_row = A + (long long)(g * q.Mg + (a_row_ok ? m0 + a_m : 0)) * q.K;
+    const bool vec = (A_PER == 4) && (q.K % 4 == 0);  // rows 16-byte aligned: float4 loads
+
+    float ra[A_PER], rb[B_PER];
+    auto load = [&](int k0) {
+        bool done = false;
+        if constexpr (A_PER == 4) {
+            if (vec && a_row_ok && k0 + a_k + 3 < q.K) {
+                float4 v = *reinterpret_cast<const float4*>(a_row + k0 + a_k);
+                ra[0] = v.x;
+                ra[1] = v.y;
+                ra[2] = v.z;
+                ra[3] = v.w;
+                done = true;
+            }
+        }
+        if (!done) {
+#pragma unroll
+            for (int i = 0; i < A_PER; ++i)
+                ra[i] = (a_row_ok && k0 + a_k + i < q.K) ? a_row[k0 + a_k + i] : 0.f;
+        }
+        int kb = k0 + b_k;
+#pragma unroll
+        for (int j = 0; j < B_PER; ++j)
+            rb[j] = (kb < q.K && b_py[j] >= 0) ? gather<DGRAD>(src, q, n, g, kb, b_py[j], b_px[j])
+                                               : 0.f;
+    };
+    auto store = [&](int buf) {
+#pragma unroll
+        for (int i = 0; i < A_PER; ++i) As[buf][a_k + i][a_m] = ra[i];
+#pragma unroll
+        for (int j = 0; j < B_PER; ++j) Bs[buf][b_k][b_p + j] = rb[j];
+    };
+
+    float acc[TM][TN];
+#pragma unroll
+    for (int i = 0; i < TM; ++i)
+#pragma unroll
+        for (int j = 0; j < TN; ++j) acc[i][j] = 0.f;
+
+    load(0);
+    store(0);
+    __syncthreads();
+    int buf = 0;
+    for (int k0 = 0; k0 < q.K; k0 += BK) {
+        const bool more = k0 + BK < q.K;
+        if (more) load(k0 + BK);  // global loads in flight while we multiply from shared memory
+#pragma unroll
+        for (int kk = 0; kk < BK; ++kk) {
+            float a[TM], b[TN];
+#pragma unroll
+            for (int i = 0; i < TM; i += 4) {
+                float4 v = *reinterpret_cast<const float4*>(&As[buf][kk][ty * TM + i]);
+                a[i] = v.x;
+                a[i + 1] = v.y;
+                a[i + 2] = v.z;
+                a[i + 3] = v.w;
+            }
+#pragma unroll
+            for (int j = 0; j < TN; j += 4) {
+                float4 v = *reinterpret_cast<const float4*>(&Bs[buf][kk][tx * TN + j]);
+                b[j] = v.x;
+                b[j + 1] = v.y;
+                b[j + 2] = v.z;
+                b[j + 3] = v.w;
+            }
+#pragma unroll
+            for (int i = 0; i < TM; ++i)
+#pragma unroll
+                for (int j = 0; j < TN; ++j) acc[i][j] += a[i] * b[j];
+        }
+        if (more) store(buf ^ 1);  // nobody reads buf ^ 1 now: all passed the last barrier
+        __syncthreads();
+        buf ^= 1;
+    }
+
+#pragma unroll
+    for (int i = 0; i < TM; ++i) {
+        int m = m0 + ty * TM + i;
+        if (m >= q.Mg) continue;
+        float* orow = out + ((long long)n * q.G * q.Mg + g * q.Mg + m) * q.P;
+#pragma unroll
+        for (int j = 0; j < TN; ++j) {
+            int p = p0 + tx * TN + j;
+            if (p < q.P) orow[p] = acc[i][j];
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+    conv_fwd_regtiled128(const float* __restrict__ src, const float* __restrict__ A,
+                         float* __restrict__ out, GEOM_PARAMS) {
+    Geom q = GEOM_INIT;
+    regtiled_body<128, false>(src, A, out, q);
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+    conv_fwd_regtiled64(const float* __restrict__ src, const float* __restrict__ A,
+                        float* __restrict__ out, GEOM_PARAMS) {
+    Geom q = GEOM_INIT;
+    regtiled_body<64, false>(src, A, out, q);
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+    conv_dgrad_regtiled128(const float* __restrict__ src, const float* __restrict__ A,
+                           float* __restrict__ out, GEOM_PARAMS) {
+    Geom q = GEOM_INIT;
+    regtiled_body<128, true>(src, A, out, q);
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+    conv_dgrad_regtiled64(const float* __restrict__ src, const float* __restrict__ A,
+                          float* __restrict__ out, GEOM_PARAMS) {
+    Geom q = GEOM_INIT;
+    regtiled_body<64, true>(src, A, out, q);
+}
