@@ -205,6 +205,10 @@ def test_rpn_errors_are_clear(rng):
     images, _ = _images()
     with pytest.raises(ValueError, match="targets must be given in training mode"):
         ours.train()(images, OrderedDict((k, Tensor(v)) for k, v in _features(rng).items()))
+    with pytest.raises(
+        ValueError, match=r"features\['0'\] must have shape \(N, C, H, W\) with N = 2"
+    ):
+        ours.eval()(images, {"0": Tensor(np.zeros((1, C, 4, 4), np.float32))})
     with pytest.raises(TypeError, match="features must be a non-empty dict"):
         ours.eval()(images, [np.zeros((2, C, 4, 4), np.float32)])
     with pytest.raises(

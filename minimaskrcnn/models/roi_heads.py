@@ -425,7 +425,23 @@ class RoIHeads(Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, features: dict, proposals: list, image_shapes: list, targets=None):
+        if not isinstance(proposals, (list, tuple)) or len(proposals) != len(image_shapes):
+            raise ValueError(
+                "RoIHeads.forward: proposals must be a list with one (K_i, 4) array per image, "
+                f"got {type(proposals).__name__} of length {len(proposals)} for "
+                f"{len(image_shapes)} image_shapes"
+            )
+        for i, p in enumerate(proposals):
+            if len(p.shape) != 2 or p.shape[1] != 4:
+                raise ValueError(
+                    f"RoIHeads.forward: proposals[{i}] must have shape (K_i, 4), "
+                    f"got shape {tuple(p.shape)}"
+                )
         if targets is not None:
+            if len(targets) != len(proposals):
+                raise ValueError(
+                    f"RoIHeads.forward: got {len(targets)} targets for {len(proposals)} images"
+                )
             for i, t in enumerate(targets):
                 b, lab = _data(t["boxes"]), _data(t["labels"])
                 if b.dtype.kind != "f":

@@ -308,6 +308,19 @@ class RegionProposalNetwork(Module):
                 "RegionProposalNetwork.forward: targets must be given in training mode "
                 "(call .eval() for inference)"
             )
+        n = len(images.image_sizes)
+        for name, f in features.items():
+            shape = tuple(f.shape)
+            if len(shape) != 4 or shape[0] != n:
+                raise ValueError(
+                    f"RegionProposalNetwork.forward: features[{name!r}] must have shape "
+                    f"(N, C, H, W) "
+                    f"with N = {n} images (len(images.image_sizes)), got shape {shape}"
+                )
+        if targets is not None and len(targets) != n:
+            raise ValueError(
+                f"RegionProposalNetwork.forward: got {len(targets)} targets for {n} images"
+            )
         features = list(features.values())
         objectness, pred_bbox_deltas = self.head(features)
         anchors = self.anchor_generator(images, features)  # N x (R, 4)
