@@ -34,7 +34,7 @@ from minimaskrcnn.models.roi_heads import (
 )
 from minimaskrcnn.tensor import Tensor
 
-HEAD_BACKENDS = ["numpy"]  # "cpu" joins when kernels/roi_align_cpu.py lands
+HEAD_BACKENDS = ["numpy"]  # "cpu" joins when kernels/roi_align_cpu.py is committed
 C, NC, REP = 4, 5, 32  # channels, classes (background included), box head width
 NAMES = ["0", "1", "2", "3"]
 PADDED = (64, 96)
@@ -303,3 +303,17 @@ def test_roi_heads_eval_on_cupy_matches_torchvision(rng):
         np.testing.assert_allclose(r["scores"], t["scores"].numpy(), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(r["boxes"], t["boxes"].numpy(), rtol=1e-5, atol=1e-3)
         np.testing.assert_allclose(r["masks"], t["masks"].numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_roi_heads_input_errors(rng):
+    ours, _ = _both_heads(rng)
+    ours.eval()
+    feats = OrderedDict((k, Tensor(v)) for k, v in _features(rng).items())
+    with pytest.raises(
+        ValueError, match="one .K_i, 4. array per image, got list of length 1 for 2"
+    ):
+        ours(feats, [_boxes(rng, 5, IMAGE_SIZES[0])], IMAGE_SIZES)
+    with pytest.raises(
+        ValueError, match=r"proposals\[1\] must have shape \(K_i, 4\), got shape \(5,\)"
+    ):
+        ours(feats, [_boxes(rng, 5, IMAGE_SIZES[0]), np.zeros(5, np.float32)], IMAGE_SIZES)
