@@ -49,6 +49,18 @@ def test_random_boxes_match_torchvision(backend, rng):
     check_random(backend, host, rng, 70, 0.5, dtype=np.float64)
 
 
+@pytest.mark.parametrize("block, parallel_min_pairs", [(64, 0), (100, 10**12), (7, 500)])
+def test_cpu_kernel_blocks_and_parallel_path(rng, block, parallel_min_pairs):
+    """The default block (1024) and parallel cut-off hide the multi-block and parallel paths on
+    small inputs: shrink them (serial everywhere, parallel everywhere, mixed)."""
+    from minimaskrcnn.kernels import nms_cpu
+
+    for n, t in ((300, 0.5), (700, 0.3), (129, 0.7)):
+        boxes, scores = random_boxes(rng, n), rng.random(n).astype(np.float32)
+        keep = nms_cpu.nms(boxes, scores, t, block=block, parallel_min_pairs=parallel_min_pairs)
+        np.testing.assert_array_equal(keep, tv_nms(boxes, scores, t))
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_threshold_is_strict_and_compared_in_float64(backend):
     check_threshold_boundary(backend, host)
