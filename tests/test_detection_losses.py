@@ -309,12 +309,22 @@ def _both_heads(rng, same_samples):
     return ours, tv
 
 
-def test_roi_heads_training_losses_and_gradients_match_torchvision(rng, same_samples):
+@pytest.mark.parametrize("background_image", [False, True])
+def test_roi_heads_training_losses_and_gradients_match_torchvision(
+    rng, same_samples, background_image
+):
     ours, tv = _both_heads(rng, same_samples)
     ours.train()
     tv.train()
     feats = _features(rng)
     targets = _targets(rng, masks=True)
+    if background_image:  # no object in image 1: all its RoIs are background, no mask target
+        h, w = IMAGE_SIZES[1]
+        targets[1] = {
+            "boxes": np.zeros((0, 4), np.float32),
+            "labels": np.zeros(0, np.int64),
+            "masks": np.zeros((0, h, w), np.uint8),
+        }
     proposals = [_boxes(rng, 40, s) for s in IMAGE_SIZES]
     x = OrderedDict((k, Tensor(v, requires_grad=True)) for k, v in feats.items())
     with backends.use("numpy"):

@@ -317,3 +317,36 @@ def test_roi_heads_input_errors(rng):
         ValueError, match=r"proposals\[1\] must have shape \(K_i, 4\), got shape \(5,\)"
     ):
         ours(feats, [_boxes(rng, 5, IMAGE_SIZES[0]), np.zeros(5, np.float32)], IMAGE_SIZES)
+
+
+def test_roi_heads_eval_with_an_image_without_proposals(rng):
+    ours, tv = _both_heads(rng)
+    ours.eval()
+    tv.eval()
+    feats = _features(rng)
+    proposals = [np.zeros((0, 4), np.float32), _boxes(rng, 20, IMAGE_SIZES[1])]
+    with backends.use("numpy"):
+        result, _ = ours(
+            OrderedDict((k, Tensor(v)) for k, v in feats.items()), proposals, IMAGE_SIZES
+        )
+        # No proposal anywhere (an RPN with a high score_thresh): empty results, no crash.
+        empty, _ = ours(
+            OrderedDict((k, Tensor(v)) for k, v in feats.items()),
+            [np.zeros((0, 4), np.float32)] * 2,
+            IMAGE_SIZES,
+        )
+    with torch.no_grad():
+        t_result, _ = tv(
+            OrderedDict((k, torch.from_numpy(v)) for k, v in feats.items()),
+            [torch.from_numpy(p) for p in proposals],
+            IMAGE_SIZES,
+        )
+    assert result[0]["boxes"].shape == (0, 4) and result[0]["masks"].shape == (0, 1, 28, 28)
+    assert len(t_result[1]["boxes"]) > 0
+    np.testing.assert_array_equal(result[1]["labels"], t_result[1]["labels"].numpy())
+    np.testing.assert_allclose(
+        result[1]["boxes"], t_result[1]["boxes"].numpy(), rtol=1e-5, atol=1e-3
+    )
+    for r in empty:
+        assert r["boxes"].shape == (0, 4) and r["scores"].shape == (0,)
+        assert r["labels"].dtype == np.int64 and r["masks"].shape == (0, 1, 28, 28)

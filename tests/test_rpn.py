@@ -258,3 +258,12 @@ def test_topk_is_torch_topk_with_ties_in_index_order(rng):
         np.testing.assert_array_equal(got, want)
         tv_vals = torch.from_numpy(x).topk(k, dim=1).values.numpy()
         np.testing.assert_array_equal(np.take_along_axis(x, got, axis=1), tv_vals)
+
+
+def test_rpn_eval_can_keep_nothing(rng):
+    ours, _ = _both_rpns(rng, score_thresh=1.5)  # sigmoid never reaches 1.5
+    ours.eval()
+    images, _ = _images()
+    with backends.use("numpy"):
+        boxes, _ = ours(images, OrderedDict((k, Tensor(v)) for k, v in _features(rng).items()))
+    assert [b.shape for b in boxes] == [(0, 4), (0, 4)]

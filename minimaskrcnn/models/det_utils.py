@@ -118,9 +118,8 @@ class BoxCoder:
         if box_sum > 0:
             rel_codes = rel_codes.reshape(box_sum, -1)
         pred_boxes = self.decode_single(rel_codes, concat_boxes)
-        if box_sum > 0:
-            pred_boxes = pred_boxes.reshape(box_sum, -1, 4)
-        return pred_boxes
+        # (K, C, 4); torchvision leaves an empty result 2-D, here it is (0, C, 4) like any other.
+        return pred_boxes.reshape(box_sum, pred_boxes.shape[-1] // 4, 4)
 
     def decode_single(self, rel_codes, boxes):
         """Boxes (K, 4*C) obtained by applying deltas ``rel_codes`` (K, 4*C) to ``boxes`` (K, 4)."""
@@ -173,7 +172,7 @@ class BoxCoder:
             ),
             axis=2,
         )  # (K, C, 4)
-        return pred_boxes.reshape(pred_boxes.shape[0], -1)  # (K, 4*C)
+        return pred_boxes.reshape(pred_boxes.shape[0], 4 * pred_boxes.shape[1])  # (K, 4*C)
 
 
 class Matcher:

@@ -73,7 +73,7 @@ class TwoMLPHead(Module):
         self.fc7 = Linear(representation_size, representation_size, rng=rng)
 
     def forward(self, x):
-        x = x.reshape(x.shape[0], -1)  # (K, C*7*7)
+        x = x.reshape(x.shape[0], int(np.prod(x.shape[1:])))  # (K, C*7*7); K may be 0
         x = ops.relu(self.fc6(x))
         return ops.relu(self.fc7(x))  # (K, D)
 
@@ -91,7 +91,7 @@ class FastRCNNPredictor(Module):
             raise ValueError(
                 f"FastRCNNPredictor: a 4-D input must be (K, D, 1, 1), got shape {x.shape}"
             )
-        x = x.reshape(x.shape[0], -1)  # (K, D)
+        x = x.reshape(x.shape[0], int(np.prod(x.shape[1:])))  # (K, D)
         return self.cls_score(x), self.bbox_pred(x)
 
 
