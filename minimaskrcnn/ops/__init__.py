@@ -5,6 +5,8 @@ file). Kernel ops take ``backend=`` (see ``minimaskrcnn.backends``).
 """
 
 import importlib
+import sys
+import types
 
 _EXPORTS = {
     # convolution (reference: im2col + matmul; GPU ladders in kernels/conv_*.py, conv*.cu)
@@ -62,3 +64,17 @@ def __getattr__(name):
 
 def __dir__():
     return __all__
+
+
+class _OpsPackage(types.ModuleType):
+    """The import system binds every imported submodule on its package (``ops.nms = <module
+    ops/nms.py>``), also when ``from minimaskrcnn.ops.nms import x`` runs first; for files named
+    like the function they define, the function keeps the name."""
+
+    def __setattr__(self, name, value):
+        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == name:
+            value = getattr(value, name, value)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _OpsPackage
