@@ -195,7 +195,7 @@ def write_json_atomic(path, obj) -> None:
 
 
 def main(argv=None) -> int:
-    from . import configs
+    from . import backends, configs
     from .checkpoint import load_model_weights
     from .data import from_folder
 
@@ -216,6 +216,12 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="metrics.json path (default: beside the weights)")
     p.add_argument("--max-images", type=int, default=None)
     p.add_argument("--backend", default="numpy", choices=["numpy", "cupy"], help="array backend")
+    p.add_argument(
+        "--kernels",
+        default=None,
+        choices=["numpy", "cpu"],
+        help="kernel backend of every op on NumPy arrays (default: each op's own choice)",
+    )
     a = p.parse_args(argv)
     dataset = from_folder(a.data, ann=a.ann)
     model, config = load_model_weights(
@@ -223,7 +229,8 @@ def main(argv=None) -> int:
     )
     if a.backend == "cupy":
         model.to("cupy")
-    metrics = evaluate(model, dataset, max_images=a.max_images)
+    with backends.use(a.kernels) if a.kernels else contextlib.nullcontext():
+        metrics = evaluate(model, dataset, max_images=a.max_images)
     metrics.update(weights=str(a.weights), data=str(a.data), config=config)
     out = Path(a.out) if a.out else Path(a.weights).parent / "metrics.json"
     write_json_atomic(out, metrics)

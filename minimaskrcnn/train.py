@@ -222,6 +222,7 @@ def train(
     resume: bool = False,
     seed: int = 0,
     backend: str = "numpy",
+    kernels: str | None = None,
     batch_size: int = 4,
     lr: float = 0.02,
     momentum: float = 0.9,
@@ -243,11 +244,58 @@ def train(
 
     The length of the run: ``epochs`` (may be fractional), or ``minutes`` of training time (the
     number of iterations is set from the speed of the first 10), or ``max_iters``; the smallest of
-    those given. ``milestones`` are fractions of the run's iterations.
+    those given. ``milestones`` are fractions of the run's iterations. ``backend`` is the array
+    backend ("numpy" or "cupy"); ``kernels`` the kernel backend of every op for NumPy arrays
+    ("numpy" or "cpu"; None: each op's default, see ``minimaskrcnn.backends``).
     """
+    args = dict(locals())  # every argument: _train gets all but kernels
+    del args["kernels"]
+    import contextlib
+
+    from . import backends
+
+    if kernels is not None and backend == "cupy":
+        raise ValueError(
+            "train: kernels applies to NumPy arrays; with backend 'cupy' every op runs "
+            "its CUDA kernels"
+        )
+    with backends.use(kernels) if kernels is not None else contextlib.nullcontext():
+        return _train(**args)
+
+
+def _train(
+    data,
+    out,
+    config,
+    val,
+    ann,
+    val_ann,
+    epochs,
+    minutes,
+    max_iters,
+    resume,
+    seed,
+    backend,
+    batch_size,
+    lr,
+    momentum,
+    weight_decay,
+    warmup_iters,
+    warmup_factor,
+    milestones,
+    gamma,
+    clip,
+    ckpt_every,
+    hflip,
+    prefetch,
+    backbone_weights,
+    progress,
+    evaluate_val,
+    eval_max_images,
+) -> dict:
     from tqdm import tqdm
 
-    from . import configs
+    from . import backends, configs
     from .checkpoint import restore, save_checkpoint
     from .data import CocoDataset, Compose, DataLoader, RandomHorizontalFlip
     from .evaluate import evaluate, write_json_atomic
@@ -320,6 +368,7 @@ def train(
                 max_iters=max_iters,
                 seed=seed,
                 backend=backend,
+                kernels=backends.get_default(),
                 batch_size=batch_size,
                 lr=lr,
                 momentum=momentum,
@@ -497,6 +546,12 @@ def main(argv=None) -> int:
     p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.npz")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", default="numpy", choices=["numpy", "cupy"], help="array backend")
+    p.add_argument(
+        "--kernels",
+        default=None,
+        choices=["numpy", "cpu"],
+        help="kernel backend of every op on NumPy arrays (default: each op's own choice)",
+    )
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=0.02)
     p.add_argument("--momentum", type=float, default=0.9)
@@ -525,6 +580,7 @@ def main(argv=None) -> int:
             resume=a.resume,
             seed=a.seed,
             backend=a.backend,
+            kernels=a.kernels,
             batch_size=a.batch_size,
             lr=a.lr,
             momentum=a.momentum,

@@ -1,0 +1,212 @@
+"""The trainer: a few iterations of the tiny config on tiny shapes images. Losses finite, files
+written atomically, a resumed run continues with the same losses as an uninterrupted one, one
+seed gives one run. Plus the checkpoint format on a toy module (no model needed)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch  # noqa: F401  (the reference extra must be installed; see CONTRIBUTING)
+
+import minimaskrcnn.train as train_mod
+from minimaskrcnn import Tensor, checkpoint, configs, nn, optim
+from minimaskrcnn.data.shapes import write_dataset
+from minimaskrcnn.train import Schedule, read_log, train
+
+# Losses of two runs with the same seed go through the same float32 operations in the same order;
+# only the order of partial sums inside parallel CPU kernels could differ between runs.
+RTOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shapes") / "ds"
+    write_dataset(root, 4, 2, seed=11, size=64, progress=False)
+    return root
+
+
+KW = dict(
+    config="r18_fpn_tiny",
+    batch_size=2,
+    max_iters=3,
+    ckpt_every=2,
+    warmup_iters=2,
+    seed=5,
+    progress=False,
+    evaluate_val=False,
+    prefetch=0,
+    kernels="numpy",  # no JIT compilation: the reference kernels are the quickest for tiny inputs
+)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(shapes, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "a"
+    summary = train(shapes / "train", out, **KW)
+    return out, summary
+
+
+def test_losses_finite_and_files_written(uninterrupted):
+    out, summary = uninterrupted
+    recs = read_log(out / "log.jsonl")
+    assert [r["iteration"] for r in recs] == [1, 2, 3] and summary["iterations"] == 3
+    for r in recs:
+        for k in (
+            "loss",
+            "loss_classifier",
+            "loss_box_reg",
+            "loss_mask",
+            "loss_objectness",
+            "loss_rpn_box_reg",
+        ):
+            assert np.isfinite(r[k]), (k, r)
+        assert r["loss"] == pytest.approx(sum(r[k] for k in train_mod.LOSS_NAMES), rel=1e-5)
+    assert (out / "checkpoint.npz").is_file() and (out / "model_final.npz").is_file()
+    assert (out / "loss_curve.png").stat().st_size > 1000
+    assert (
+        sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
+    )  # no temporaries left
+    meta = checkpoint.load_checkpoint(out / "checkpoint.npz")["meta"]
+    assert meta["iteration"] == 3 and meta["config"] == "r18_fpn_tiny" and meta["num_classes"] == 5
+    # the warmup ran: lr grows from base * 1e-3 during the first 2 iterations
+    assert recs[0]["lr"] == pytest.approx(0.02 * 1e-3) and recs[2]["lr"] > recs[0]["lr"]
+
+
+def test_resume_gives_the_uninterrupted_losses(shapes, uninterrupted, tmp_path, monkeypatch):
+    ref = read_log(uninterrupted[0] / "log.jsonl")
+    out = tmp_path / "b"
+    real = train_mod.seed_iteration
+
+    def crash_at_2(model, seed, it):
+        if it == 2:
+            raise KeyboardInterrupt("simulated Ctrl-C in iteration 3")
+        real(model, seed, it)
+
+    monkeypatch.setattr(train_mod, "seed_iteration", crash_at_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(shapes / "train", out, **KW)
+    monkeypatch.setattr(train_mod, "seed_iteration", real)
+    assert checkpoint.load_checkpoint(out / "checkpoint.npz")["meta"]["iteration"] == 2
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(shapes / "train", out, **KW)  # never overwrite a run by accident
+    with pytest.raises(ValueError, match="seed 5; got config 'r18_fpn_tiny', seed 6"):
+        train(shapes / "train", out, **{**KW, "seed": 6}, resume=True)
+    train(shapes / "train", out, **KW, resume=True)
+    lines = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert any(r.get("event") == "resume" and r["iteration"] == 2 for r in lines)
+    got = read_log(out / "log.jsonl")
+    assert [r["iteration"] for r in got] == [1, 2, 3]
+    # iterations 1-2: the same seed gives the same run; iteration 3: resumed == uninterrupted
+    for a, b in zip(got, ref, strict=True):
+        for k in ("loss",) + train_mod.LOSS_NAMES:
+            assert a[k] == pytest.approx(b[k], rel=RTOL), (a["iteration"], k)
+        assert a["lr"] == pytest.approx(b["lr"], rel=1e-12)
+    w_ref = checkpoint.load_checkpoint(uninterrupted[0] / "model_final.npz")["model"]
+    w_got = checkpoint.load_checkpoint(out / "model_final.npz")["model"]
+    for k in w_ref:
+        np.testing.assert_allclose(w_got[k], w_ref[k], rtol=RTOL, atol=1e-7, err_msg=k)
+
+
+def test_cli_train_then_evaluate(shapes, tmp_path):
+    from minimaskrcnn.evaluate import main as eval_main
+    from minimaskrcnn.train import main as train_main
+
+    out = tmp_path / "c"
+    args = f"--data {shapes} --config r18_fpn_tiny --out {out} --iters 1 --batch-size 2 --quiet "
+    args += f"--kernels numpy --val {shapes / 'val'}"
+    assert train_main(args.split()) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert set(m["bbox"]) >= {"AP", "AP50", "AR100"} and set(m["segm"]) >= {"AP", "AP50"}
+    assert m["images"] == 2
+    args = (
+        f"--weights {out / 'model_final.npz'} --data {shapes / 'val'} --out {tmp_path / 'm.json'}"
+    )
+    assert eval_main(args.split() + ["--kernels", "numpy"]) == 0
+    assert json.loads((tmp_path / "m.json").read_text())["images"] == 2
+    args = f"--data {tmp_path / 'nothing'} --config r18_fpn_tiny --out {tmp_path / 'd'} --iters 1"
+    assert train_main(args.split()) == 2  # a clear message on stderr, no traceback
+
+
+def test_checkpoint_roundtrip_and_atomicity(tmp_path, monkeypatch):
+    nn.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    opt = optim.SGD(list(model.parameters()), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    sched = Schedule(opt, warmup_iters=3, warmup_factor=0.01, gamma=0.1)
+    sched.set_total(10, (0.5, 0.8))
+    x = np.random.default_rng(0).standard_normal((5, 3)).astype(np.float32)
+    for _ in range(4):
+        opt.zero_grad()
+        model(Tensor(x)).sum().backward()
+        opt.step()
+        sched.step()
+    path = tmp_path / "ck.npz"
+    checkpoint.save_checkpoint(path, model, opt, sched, iteration=4, note="x")
+    nn.manual_seed(1)
+    model2 = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    opt2 = optim.SGD(list(model2.parameters()), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    sched2 = Schedule(opt2, warmup_iters=3, warmup_factor=0.01, gamma=0.1)
+    meta = checkpoint.restore(path, model2, opt2, sched2)
+    assert meta == {"iteration": 4, "note": "x"}
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(model2.state_dict()[k], v)
+    # both continue identically: same lr sequence (milestones 5 and 8) and same momentum
+    for _ in range(6):
+        for o, s, m in ((opt, sched, model), (opt2, sched2, model2)):
+            o.zero_grad()
+            m(Tensor(x)).sum().backward()
+            o.step()
+            s.step()
+        assert sched.lr() == sched2.lr()
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(model2.state_dict()[k], v)
+    assert sched.lr() == pytest.approx(0.1 * 0.01)  # past both milestones
+    # a crash while saving leaves the previous file intact and no temporary behind
+    before = path.read_bytes()
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", boom)
+    with pytest.raises(OSError, match="disk full"):
+        checkpoint.save_checkpoint(path, model, opt, sched, iteration=5)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["ck.npz"]
+
+
+def test_configs_build_and_errors():
+    m = configs.build("r18_fpn_tiny", num_classes=3, seed=0)
+    keys = m.state_dict()
+    assert (
+        "backbone.body.layer4.1.conv2.weight" in keys
+        and "roi_heads.mask_predictor.mask_fcn_logits.weight" in keys
+    )
+    assert keys["roi_heads.box_predictor.cls_score.weight"].shape == (3, 64)
+    same = configs.build("r18_fpn_tiny", num_classes=3, seed=0).state_dict()
+    assert all(
+        np.array_equal(same[k], v) for k, v in keys.items()
+    )  # a seed fixes the initialisation
+    with pytest.raises(ValueError, match="unknown config 'r99'.*r18_fpn_small"):
+        configs.build("r99", num_classes=3)
+    with pytest.raises(ValueError, match="num_classes must be an int >= 2"):
+        configs.build("r18_fpn_tiny", num_classes=1)
+
+
+def test_imagenet_backbone_weights_load(tmp_path):
+    m = configs.build("r18_fpn_tiny", num_classes=3, seed=0)
+    body = m.backbone.body.state_dict()
+    rng = np.random.default_rng(0)
+    # an ImageNet checkpoint: the body's keys plus fc.* (ignored) and num_batches_tracked
+    sd = {
+        k: rng.standard_normal(np.shape(v)).astype(np.float32)
+        for k, v in body.items()
+        if not k.endswith("num_batches_tracked")
+    }
+    sd["fc.weight"], sd["fc.bias"] = np.zeros((1000, 512), np.float32), np.zeros(1000, np.float32)
+    left = configs.load_imagenet_backbone(m, sd)
+    assert all(k.endswith("num_batches_tracked") for k in left)
+    np.testing.assert_array_equal(m.backbone.body.state_dict()["conv1.weight"], sd["conv1.weight"])
+    with pytest.raises(ValueError, match="mis-shaped"):
+        configs.load_imagenet_backbone(
+            m, {**sd, "conv1.weight": np.zeros((8, 3, 7, 7), np.float32)}
+        )
+    with pytest.raises(ValueError, match="does not have"):
+        configs.load_imagenet_backbone(m, {**sd, "features.0.weight": np.zeros(3, np.float32)})
