@@ -579,9 +579,11 @@ class Cast(Function):
 class Where(Function):
     @staticmethod
     def forward(ctx, cond, a, b):
+        xp = _xp(a, b)
+        cond = xp.asarray(cond)  # a NumPy mask with CuPy data moves to the GPU
         ctx.cond = cond
         ctx.shapes = (np.shape(a), np.shape(b))
-        return _xp(a, b).where(cond, a, b)
+        return xp.where(cond, a, b)
 
     @staticmethod
     def backward(ctx, g):
@@ -703,12 +705,22 @@ class Permute(Function):
         return g.transpose(np.argsort(ctx.axes))
 
 
+def _index_like(a, index):
+    """NumPy index arrays become CuPy arrays when ``a`` lives on the GPU (CuPy wants its own)."""
+    xp = _xp(a)
+    if xp is np:
+        return index
+    conv = lambda i: xp.asarray(i) if isinstance(i, (np.ndarray, list)) else i
+    return tuple(conv(i) for i in index) if isinstance(index, tuple) else conv(index)
+
+
 class GetItem(Function):
     """``a[index]`` for basic slices, integer/boolean arrays; the backward scatters with ``add.at``
     so that an index repeated twice receives both gradients."""
 
     @staticmethod
     def forward(ctx, a, index):
+        index = _index_like(a, index)
         ctx.shape, ctx.index = a.shape, index
         return a[index]
 
@@ -755,6 +767,7 @@ class Gather(Function):
 
     @staticmethod
     def forward(ctx, a, index, axis):
+        index = _xp(a).asarray(index)
         ctx.shape, ctx.index, ctx.axis = a.shape, index, axis
         return _xp(a).take_along_axis(a, index, axis=axis)
 
@@ -763,8 +776,11 @@ class Gather(Function):
         xp = _xp(g)
         out = xp.zeros(ctx.shape, dtype=g.dtype)
         # Build full index tuples so repeated indices accumulate through add.at.
-        idx = list(xp.indices(ctx.index.shape, sparse=True))
-        idx[ctx.axis % len(ctx.shape)] = ctx.index
+        # (open grids by hand: cupy.indices has no sparse=True)
+        nd = ctx.index.ndim
+        idx = [xp.arange(n).reshape((1,) * i + (n,) + (1,) * (nd - i - 1))
+               for i, n in enumerate(ctx.index.shape)]
+        idx[ctx.axis % len(ctx.shape)] = xp.asarray(ctx.index)
         if xp is np:
             np.add.at(out, tuple(idx), g)
         else:

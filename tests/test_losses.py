@@ -288,3 +288,40 @@ def test_loss_bad_inputs_name_op_argument_and_shape():
         ops.l1_loss(x, x, reduction="avg")
     with pytest.raises(TypeError, match="l1_loss: arguments must share one dtype"):
         ops.l1_loss(x, x.astype(np.float64))
+
+
+# ------------------------------------------------------------------------------------ GPU (CuPy)
+@pytest.mark.gpu
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_losses_on_cupy_match_numpy(reduction):
+    import cupy
+
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((5, 4)).astype(np.float32)
+    y_ = rng.standard_normal((5, 4)).astype(np.float32)
+    target = np.array([0, 3, -100, 1, 2])
+    w = rng.uniform(0.5, 2, 4).astype(np.float32)
+    cases = [
+        (
+            lambda a, xp: ops.cross_entropy(
+                a, xp.asarray(target), weight=xp.asarray(w), reduction=reduction
+            )
+        ),
+        (
+            lambda a, xp: ops.binary_cross_entropy_with_logits(
+                a, xp.asarray(np.abs(y_) / 3), reduction=reduction, pos_weight=xp.asarray(w)
+            )
+        ),
+        (lambda a, xp: ops.smooth_l1_loss(a, xp.asarray(y_), reduction=reduction, beta=1 / 9)),
+        (lambda a, xp: ops.l1_loss(a, xp.asarray(y_), reduction=reduction)),
+    ]
+    for fn in cases:
+        X, Xc = Tensor(x.copy(), requires_grad=True), Tensor(cupy.asarray(x), requires_grad=True)
+        out, outc = fn(X, np), fn(Xc, cupy)
+        assert isinstance(outc.data, cupy.ndarray)
+        g = rng.standard_normal(out.shape).astype(np.float32)
+        out.backward(g)
+        outc.backward(cupy.asarray(g))
+        # GPU exp/log1p and reductions differ from NumPy's by a few ulp
+        np.testing.assert_allclose(cupy.asnumpy(outc.data), out.data, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(cupy.asnumpy(Xc.grad), X.grad, rtol=1e-5, atol=1e-6)

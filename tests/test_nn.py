@@ -345,3 +345,41 @@ def test_bad_inputs_name_layer_argument_and_shape():
         nn.Conv2d(3, 4, 1, groups=2)
     with pytest.raises(ValueError, match="Conv2d: stride must be positive, got 0"):
         nn.Conv2d(3, 4, 1, stride=0)
+
+
+# ------------------------------------------------------------------------------------ GPU (CuPy)
+@pytest.mark.gpu
+def test_layers_after_to_cupy_match_numpy():
+    import cupy
+
+    # Linear, BatchNorm2d (train: running stats updated on the GPU), FrozenBatchNorm2d, MaxPool2d.
+    net = nn.Sequential(
+        nn.BatchNorm2d(3), nn.FrozenBatchNorm2d(3), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(12, 4)
+    )
+    gpu = nn.Sequential(
+        nn.BatchNorm2d(3), nn.FrozenBatchNorm2d(3), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(12, 4)
+    )
+    gpu.load_state_dict(net.state_dict())
+    gpu.to("cupy")
+    assert isinstance(gpu[4].weight.data, cupy.ndarray) and isinstance(
+        gpu[0].running_mean, cupy.ndarray
+    )
+    x = np.random.default_rng(8).standard_normal((2, 3, 4, 4)).astype(np.float32)
+    for mode in ("train", "eval"):
+        getattr(net, mode)()
+        getattr(gpu, mode)()
+        net.zero_grad()
+        gpu.zero_grad()
+        y, yc = net(x), gpu(cupy.asarray(x))
+        y.sum().backward()
+        yc.sum().backward()
+        # float32 reductions on the GPU differ by a few ulp
+        np.testing.assert_allclose(cupy.asnumpy(yc.data), y.data, rtol=1e-5, atol=1e-6)
+        for (k, p), (_, pc) in zip(net.named_parameters(), gpu.named_parameters(), strict=True):
+            np.testing.assert_allclose(
+                cupy.asnumpy(pc.grad), p.grad, rtol=1e-5, atol=1e-6, err_msg=k
+            )
+    for k, v in net.state_dict().items():
+        np.testing.assert_allclose(
+            cupy.asnumpy(cupy.asarray(gpu.state_dict()[k])), v, rtol=1e-5, atol=1e-6, err_msg=k
+        )

@@ -239,3 +239,27 @@ def test_clip_grad_norm_nonfinite_error():
         RuntimeError, match="clip_grad_norm_: the total norm of order 2.0 .* non-finite"
     ):
         optim.clip_grad_norm_([p], 1.0, error_if_nonfinite=True)
+
+
+# ------------------------------------------------------------------------------------ GPU (CuPy)
+@pytest.mark.gpu
+def test_sgd_and_clipping_on_cupy_match_numpy():
+    import cupy
+
+    ours, _, rng = make(np.float32, seed=5)
+    gpu = [Tensor(cupy.asarray(p.data), requires_grad=True) for p in ours]
+    kw = dict(lr=0.05, momentum=0.9, weight_decay=1e-4)
+    opt, gopt = optim.SGD(ours, **kw), optim.SGD(gpu, **kw)
+    for _ in range(3):
+        for p, q in zip(ours, gpu, strict=True):
+            g = rng.standard_normal(p.shape).astype(np.float32)
+            p.grad, q.grad = g, cupy.asarray(g)
+        n1, n2 = optim.clip_grad_norm_(ours, 1.0), optim.clip_grad_norm_(gpu, 1.0)
+        np.testing.assert_allclose(n2, n1, rtol=1e-6)
+        opt.step()
+        gopt.step()
+    for p, q in zip(ours, gpu, strict=True):
+        assert isinstance(q.data, cupy.ndarray)
+        np.testing.assert_allclose(cupy.asnumpy(q.data), p.data, rtol=1e-6, atol=1e-7)
+    sd = gopt.state_dict()  # momentum buffers come back as NumPy arrays
+    assert all(isinstance(s["momentum_buffer"], np.ndarray) for s in sd["state"].values())

@@ -295,3 +295,61 @@ def test_matmul_and_gather_central_differences():
     gradcheck(
         lambda a: tensor.gather(a, 0, np.array([[0, 1], [0, 0]])), [rng.standard_normal((2, 2))]
     )
+
+
+# ------------------------------------------------------------------------------------ GPU (CuPy)
+# The same ops on CuPy arrays must give the NumPy results (already judged against torch above).
+# float32 at rtol 1e-5 / atol 1e-6: GPU exp/log/sum differ from NumPy's by a few ulp.
+GPU_TOL = dict(rtol=1e-5, atol=1e-6)
+
+
+def _numpy_vs_cupy(fn, arrays, seed=0):
+    import cupy
+
+    def run(xp_arrays, xp):
+        ts = [Tensor(a, requires_grad=True) for a in xp_arrays]
+        y = fn(*ts)
+        g = np.random.default_rng(seed).standard_normal(y.shape).astype(y.dtype)
+        y.backward(xp.asarray(g))
+        return y, ts
+
+    y, ts = run([a.copy() for a in arrays], np)
+    yc, tcs = run([cupy.asarray(a) for a in arrays], cupy)
+    assert isinstance(yc.data, cupy.ndarray) and yc.dtype == y.dtype
+    np.testing.assert_allclose(cupy.asnumpy(yc.data), y.data, **GPU_TOL)
+    for t, tc in zip(ts, tcs, strict=True):
+        assert isinstance(tc.grad, cupy.ndarray)
+        np.testing.assert_allclose(cupy.asnumpy(tc.grad), t.grad, **GPU_TOL)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", sorted(UNARY))
+def test_unary_ops_on_cupy_match_numpy(name):
+    ours, _, prep = UNARY[name]
+    x = np.random.default_rng(10).standard_normal((3, 4))
+    x = (prep(x) if prep else x) + np.arange(12).reshape(3, 4) * 1e-3
+    _numpy_vs_cupy(ours, [x.astype(np.float32)])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", sorted(BINARY))
+def test_binary_ops_on_cupy_match_numpy(name):
+    ours, _, prep = BINARY[name]
+    rng = np.random.default_rng(11)
+    a, b = rng.standard_normal((2, 3, 4)), rng.standard_normal((3, 1))
+    _numpy_vs_cupy(ours, [a.astype(np.float32), (prep(b) if prep else b).astype(np.float32)])
+
+
+@pytest.mark.gpu
+def test_matmul_gather_concat_on_cupy_match_numpy():
+    rng = np.random.default_rng(12)
+    a, b = (
+        rng.standard_normal((2, 3, 4)).astype(np.float32),
+        rng.standard_normal((4, 5)).astype(np.float32),
+    )
+    _numpy_vs_cupy(lambda x, y: x @ y, [a, b])
+    idx = np.array([[0, 0, 3], [1, 1, 1], [2, 0, 2]])
+    _numpy_vs_cupy(
+        lambda x: tensor.gather(x, 1, idx), [rng.standard_normal((3, 4)).astype(np.float32)]
+    )
+    _numpy_vs_cupy(lambda x, y: tensor.concatenate([x, y * 2], axis=0), [a[0], a[1]])
