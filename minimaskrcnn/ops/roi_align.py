@@ -29,7 +29,8 @@ from .roi_format import check_roi_input, check_rois
 # backend name -> kernel module in minimaskrcnn.kernels; each has forward(...) and backward(...)
 KERNELS = {
     "numpy": "roi_align_numpy",
-    # "cpu", "numba", "cupy": being added (kernels/roi_align_cpu.py, _numba_cuda.py, _cupy.py)
+    "cpu": "roi_align_cpu",
+    # "numba", "cupy": being added (kernels/roi_align_numba_cuda.py, _cupy.py)
 }
 
 

@@ -29,7 +29,8 @@ from .roi_format import check_roi_input, check_rois
 # backend name -> kernel module in minimaskrcnn.kernels; each has forward(...) and backward(...)
 KERNELS = {
     "numpy": "roi_pool_numpy",
-    # "cpu", "numba", "cupy": being added (kernels/roi_pool_cpu.py, _numba_cuda.py, _cupy.py)
+    "cpu": "roi_pool_cpu",
+    # "numba", "cupy": being added (kernels/roi_pool_numba_cuda.py, _cupy.py)
 }
 
 
