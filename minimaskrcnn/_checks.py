@@ -30,7 +30,8 @@ def check_float(op: str, name: str, x) -> None:
     if dtype is None or dtype not in (np.float32, np.float64):
         raise TypeError(
             f"{op}: {name} must be a float32 or float64 array, got dtype {dtype} with shape "
-            f"{shape_of(x)}" + (" (convert images with x.astype(np.float32) / 255)" if dtype == np.uint8 else "")
+            f"{shape_of(x)}"
+            + (" (convert images with x.astype(np.float32) / 255)" if dtype == np.uint8 else "")
         )
 
 
@@ -44,13 +45,19 @@ def check_same_dtype(op: str, **arrays) -> None:
 def check_same_device(op: str, **arrays) -> None:
     from .backends import is_cupy
 
-    kinds = {k: ("cupy" if is_cupy(getattr(v, "data", v)) else "numpy") for k, v in arrays.items() if v is not None}
+    kinds = {
+        k: ("cupy" if is_cupy(getattr(v, "data", v)) else "numpy")
+        for k, v in arrays.items()
+        if v is not None
+    }
     if len(set(kinds.values())) > 1:
         desc = ", ".join(f"{k} on {d}" for k, d in kinds.items())
         raise ValueError(f"{op}: arguments must live on one device, got {desc}")
 
 
-def pair(op: str, name: str, v, allow_zero: bool = False, allow_negative: bool = False) -> tuple[int, int]:
+def pair(
+    op: str, name: str, v, allow_zero: bool = False, allow_negative: bool = False
+) -> tuple[int, int]:
     """``v`` as an (int, int) pair, with a clear error for negative or non-integer values."""
     if isinstance(v, (int, np.integer)):
         p = (int(v), int(v))

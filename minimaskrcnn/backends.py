@@ -145,12 +145,14 @@ def to_device(x, array_backend: str):
         import cupy
 
         return cupy.asarray(x)
-    raise ValueError(f"to_device: unknown array backend {array_backend!r}; use one of {ARRAY_BACKENDS}")
+    raise ValueError(
+        f"to_device: unknown array backend {array_backend!r}; use one of {ARRAY_BACKENDS}"
+    )
 
 
 # ----------------------------------------------------------------------------- choosing
 def set_default(name: str | None) -> None:
-    """Use kernel backend ``name`` for every op call without ``backend=``; None: follow the array."""
+    """Use kernel backend ``name`` for calls without ``backend=`` (None: follow the array)."""
     global _default
     if name is not None:
         _check_known("set_default", name)
@@ -175,7 +177,9 @@ def use(name: str | None):
 
 def _check_known(op: str, name) -> None:
     if name not in KERNEL_BACKENDS:
-        raise ValueError(f"{op}: unknown backend {name!r}; the backends are {list(KERNEL_BACKENDS)}")
+        raise ValueError(
+            f"{op}: unknown backend {name!r}; the backends are {list(KERNEL_BACKENDS)}"
+        )
 
 
 def resolve(op: str, backend: str | None, *arrays, supported=KERNEL_BACKENDS) -> str:
@@ -193,7 +197,9 @@ def resolve(op: str, backend: str | None, *arrays, supported=KERNEL_BACKENDS) ->
             name = "cpu" if ("cpu" in supported and numba_available()) else "numpy"
     _check_known(op, name)
     if name not in supported:
-        raise ValueError(f"{op}: backend {name!r} is not implemented for this op; it has {list(supported)}")
+        raise ValueError(
+            f"{op}: backend {name!r} is not implemented for this op; it has {list(supported)}"
+        )
     if name == "cupy" and not on_gpu:
         raise ValueError(
             f"{op}: backend 'cupy' needs CuPy (GPU) arrays but got NumPy arrays; move them with "
@@ -210,8 +216,10 @@ def resolve(op: str, backend: str | None, *arrays, supported=KERNEL_BACKENDS) ->
             "numba": "needs a CUDA GPU, or NUMBA_ENABLE_CUDASIM=1 set before numba is imported",
             "cupy": "needs a CUDA GPU and `pip install -e '.[gpu]'`",
         }.get(name, "")
-        raise RuntimeError(f"{op}: backend {name!r} is not available on this machine ({hint}); "
-                           f"available: {available()}")
+        raise RuntimeError(
+            f"{op}: backend {name!r} is not available on this machine ({hint}); "
+            f"available: {available()}"
+        )
     return name
 
 
@@ -240,15 +248,18 @@ def info() -> str:
         for i in range(cupy.cuda.runtime.getDeviceCount()):
             props = cupy.cuda.runtime.getDeviceProperties(i)
             name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
-            lines.append(f"gpu {i}        {name}, {props['totalGlobalMem'] / 2**30:.1f} GiB, "
-                         f"sm_{props['major']}{props['minor']}")
+            lines.append(
+                f"gpu {i}        {name}, {props['totalGlobalMem'] / 2**30:.1f} GiB, "
+                f"sm_{props['major']}{props['minor']}"
+            )
     else:
         lines.append("gpu          none found (CuPy missing or no CUDA device)")
     if cuda_simulator():
         lines.append("numba.cuda   simulator (NUMBA_ENABLE_CUDASIM=1)")
     lines.append(f"kernel backends available: {available()}")
     lines.append(f"array backends available:  {array_backends()}")
-    lines.append(f"default kernel backend:    {_default or 'follow the array (numpy -> cpu/numpy, cupy -> cupy)'}")
+    follow = "follow the array (numpy -> cpu/numpy, cupy -> cupy)"
+    lines.append(f"default kernel backend:    {_default or follow}")
     return "\n".join(lines)
 
 
