@@ -34,7 +34,7 @@ from minimaskrcnn.models.roi_heads import (
 )
 from minimaskrcnn.tensor import Tensor
 
-HEAD_BACKENDS = ["numpy"]  # "cpu" joins when kernels/roi_align_cpu.py is committed
+HEAD_BACKENDS = ["numpy", "cpu"]
 C, NC, REP = 4, 5, 32  # channels, classes (background included), box head width
 NAMES = ["0", "1", "2", "3"]
 PADDED = (64, 96)
