@@ -9,11 +9,12 @@ Shapes:
 
 What changes against the reference, and why:
 
-* **One image and one group at a time, chunked over output rows.** The reference builds the
-  whole (N, G, K, L) column matrix; for ResNet-50-FPN at 800x1088 a 3x3x256 layer's columns are
-  2304 x 54400 floats = 500 MB per image. Here a chunk of R output rows is packed into a reused
-  (K, R*OW) buffer of at most ~``CHUNK_BYTES``, small enough to stay in the last-level cache's
-  neighbourhood and never to swap.
+* **Chunked columns, sized for one big GEMM.** The reference builds the whole (N, G, K, L)
+  column matrix; for ResNet-50-FPN at 800x1088 a 3x3x256 layer's columns are 2304 x 54400
+  floats = 500 MB per image. Here each group's work is cut into chunks whose columns fit a reused
+  buffer of ``CHUNK_BYTES``: row ranges of one image when images are large, or several whole
+  images side by side when they are small (the mask head runs 100 RoIs of 14x14: one GEMM of
+  (256, 2304) @ (2304, 100*196) instead of 100 thin ones).
 * **im2col in Numba, parallel over the K rows** (``prange``): each row (c, kh, kw) is a gather of
   R*OW pixels written contiguously; the border test is done per output row, not per element.
 * **The GEMM is one sgemm** (NumPy -> BLAS, which is itself multithreaded) of weight (Og, K) by
@@ -39,29 +40,35 @@ CHUNK_BYTES = 32 << 20  # the column buffer of one chunk (see the header)
 
 @numba.njit(parallel=True, cache=True)
 def _im2col(x, cols, kh, kw, sh, sw, ph, pw, dh, dw, oh0, oh1, ow_n):
-    """cols[(c*KH + i)*KW + j, (oh - oh0)*OW + ow] = x[c, oh*sh - ph + i*dh, ow*sw - pw + j*dw]."""
-    c_n, h, w = x.shape
+    """cols[(c*KH + i)*KW + j, (b*R + oh - oh0)*OW + ow] = x[b, c, oh*sh-ph + i*dh, ow*sw-pw + j*dw]
+    for the images b of x (B, Cg, H, W) and output rows oh0 <= oh < oh1 (R = oh1 - oh0)."""
+    nb, c_n, h, w = x.shape
+    rr = oh1 - oh0
     for r in prange(c_n * kh * kw):
         c = r // (kh * kw)
         i = (r // kw) % kh
         j = r % kw
-        for oh in range(oh0, oh1):
-            y = oh * sh - ph + i * dh
-            base = (oh - oh0) * ow_n
-            if y < 0 or y >= h:
+        for b in range(nb):
+            for oh in range(oh0, oh1):
+                y = oh * sh - ph + i * dh
+                base = (b * rr + oh - oh0) * ow_n
+                if y < 0 or y >= h:  # a whole row of padding
+                    for ow in range(ow_n):
+                        cols[r, base + ow] = 0
+                    continue
                 for ow in range(ow_n):
-                    cols[r, base + ow] = 0
-                continue
-            for ow in range(ow_n):
-                xx = ow * sw - pw + j * dw
-                cols[r, base + ow] = x[c, y, xx] if 0 <= xx < w else 0
+                    xx = ow * sw - pw + j * dw
+                    cols[r, base + ow] = x[b, c, y, xx] if 0 <= xx < w else 0
 
 
 @numba.njit(parallel=True, cache=True)
 def _col2im(cols, gx, kh, kw, sh, sw, ph, pw, dh, dw, oh0, oh1, ow_n):
-    """gx[c, y, x] += cols[(c, i, j), (oh - oh0, ow)]: the adjoint of _im2col (accumulates)."""
-    c_n, h, w = gx.shape
-    for c in prange(c_n):  # a thread owns channel c: no two threads write one pixel
+    """gx[b, c, y, x] += cols[(c, i, j), (b, oh - oh0, ow)]: _im2col's adjoint (accumulates)."""
+    nb, c_n, h, w = gx.shape
+    rr = oh1 - oh0
+    for bc in prange(nb * c_n):  # a thread owns whole channel planes: no two write one pixel
+        b = bc // c_n
+        c = bc % c_n
         for i in range(kh):
             for j in range(kw):
                 r = (c * kh + i) * kw + j
@@ -69,19 +76,52 @@ def _col2im(cols, gx, kh, kw, sh, sw, ph, pw, dh, dw, oh0, oh1, ow_n):
                     y = oh * sh - ph + i * dh
                     if y < 0 or y >= h:
                         continue
-                    base = (oh - oh0) * ow_n
+                    base = (b * rr + oh - oh0) * ow_n
                     for ow in range(ow_n):
                         xx = ow * sw - pw + j * dw
                         if 0 <= xx < w:
-                            gx[c, y, xx] += cols[r, base + ow]
+                            gx[b, c, y, xx] += cols[r, base + ow]
 
 
 def _is_pointwise(kh, kw, padding):
     return kh == 1 and kw == 1 and padding == (0, 0)
 
 
-def _chunk_rows(k, ow, oh, itemsize):
-    return int(max(1, min(oh, CHUNK_BYTES // max(1, k * ow * itemsize))))
+def _plan(n, oh, ow, k, itemsize):
+    """Chunks (b0, b1, r0, r1): whole images side by side when one image's columns are small,
+    else row ranges of one image; each chunk's columns (K, (b1-b0)*(r1-r0)*OW) fit CHUNK_BYTES."""
+    per_row = max(1, k * ow * itemsize)
+    if per_row * oh <= CHUNK_BYTES:
+        nb = max(1, CHUNK_BYTES // (per_row * oh))
+        return [(b, min(n, b + nb), 0, oh) for b in range(0, n, nb)]
+    rows = max(1, CHUNK_BYTES // per_row)
+    return [(b, b + 1, r, min(oh, r + rows)) for b in range(n) for r in range(0, oh, rows)]
+
+
+def _grad_chunk(grad_out, b0, b1, r0, r1, o0, o1):
+    """grad_out[b0:b1, o0:o1, r0:r1] as an (Og, B*R*OW) matrix in _im2col's column order."""
+    if b1 - b0 == 1:  # a view, no copy
+        return grad_out[b0, o0:o1].reshape(o1 - o0, -1)[
+            :, r0 * grad_out.shape[3] : r1 * grad_out.shape[3]
+        ]
+    g = grad_out[b0:b1, o0:o1, r0:r1]  # (B, Og, R, OW)
+    return np.ascontiguousarray(g.transpose(1, 0, 2, 3)).reshape(o1 - o0, -1)
+
+
+def _buffer(flat, k, cols):
+    """A C-contiguous (K, cols) view of the flat column buffer: the Numba kernels then see one
+    array layout (C) and compile once per dtype."""
+    return flat[: k * cols].reshape(k, cols)
+
+
+def _images(x, b0, b1, c0, c1):
+    """x[b0:b1, c0:c1] as a C-contiguous array (a view when c0:c1 spans every channel)."""
+    return np.ascontiguousarray(x[b0:b1, c0:c1])
+
+
+def _strided(x, stride):
+    """x subsampled by a 1x1 convolution's stride (a copy only when stride > 1)."""
+    return np.ascontiguousarray(x[:, :, :: stride[0], :: stride[1]]) if stride != (1, 1) else x
 
 
 def forward(x, weight, bias, stride, padding, dilation, groups):
@@ -89,40 +129,28 @@ def forward(x, weight, bias, stride, padding, dilation, groups):
     n, c, h, w = x.shape
     o, cg, kh, kw = weight.shape
     oh, ow = output_size(h, w, kh, kw, stride, padding, dilation)
-    og, k = o // groups, cg * kh * kw
+    og, k, l_all = o // groups, cg * kh * kw, oh * ow
     out = np.empty((n, o, oh, ow), dtype=x.dtype)
     wg = weight.reshape(groups, og, k)  # (G, Og, K)
-    rows = _chunk_rows(k, ow, oh, x.itemsize)
-    cols = None
-    for b in range(n):
+    args = (kh, kw, *stride, *padding, *dilation)
+    if _is_pointwise(kh, kw, padding):
+        xs = _strided(x, stride)  # (N, C, OH, OW)
+        for g in range(groups):  # (Og, Cg) @ (N, Cg, L): one sgemm per image, no im2col
+            res = np.matmul(wg[g], xs[:, g * cg : (g + 1) * cg].reshape(n, cg, l_all))
+            out[:, g * og : (g + 1) * og] = res.reshape(n, og, oh, ow)
+    else:
+        plan = _plan(n, oh, ow, k, x.itemsize)
+        cols = np.empty(k * max((b1 - b0) * (r1 - r0) for b0, b1, r0, r1 in plan) * ow, x.dtype)
         for g in range(groups):
-            xg = x[b, g * cg : (g + 1) * cg]  # (Cg, H, W), contiguous
-            dst = out[b, g * og : (g + 1) * og].reshape(og, oh * ow)  # (Og, L), a view
-            if _is_pointwise(kh, kw, padding):
-                src = xg[:, :: stride[0], :: stride[1]] if stride != (1, 1) else xg
-                np.matmul(wg[g], np.ascontiguousarray(src).reshape(cg, oh * ow), out=dst)
-                continue
-            if cols is None:
-                cols = np.empty((k, rows * ow), dtype=x.dtype)
-            for r0 in range(0, oh, rows):
-                r1 = min(oh, r0 + rows)
-                buf = cols[:, : (r1 - r0) * ow]  # (K, R*OW)
-                _im2col(
-                    xg,
-                    buf,
-                    kh,
-                    kw,
-                    stride[0],
-                    stride[1],
-                    padding[0],
-                    padding[1],
-                    dilation[0],
-                    dilation[1],
-                    r0,
-                    r1,
-                    ow,
-                )
-                np.matmul(wg[g], buf, out=dst[:, r0 * ow : r1 * ow])
+            for b0, b1, r0, r1 in plan:
+                buf = _buffer(cols, k, (b1 - b0) * (r1 - r0) * ow)  # (K, B*R*OW)
+                _im2col(_images(x, b0, b1, g * cg, (g + 1) * cg), buf, *args, r0, r1, ow)
+                if b1 - b0 == 1:  # straight into the output rows (a strided view BLAS accepts)
+                    dst = out[b0, g * og : (g + 1) * og].reshape(og, l_all)
+                    np.matmul(wg[g], buf, out=dst[:, r0 * ow : r1 * ow])
+                else:
+                    res = (wg[g] @ buf).reshape(og, b1 - b0, oh, ow)  # (Og, B, OH, OW)
+                    out[b0:b1, g * og : (g + 1) * og] = res.transpose(1, 0, 2, 3)
     if bias is not None:
         out += bias.reshape(1, o, 1, 1)
     return out
@@ -138,40 +166,25 @@ def grad_input(grad_out, weight, input_shape, stride, padding, dilation, groups)
     dtype = grad_out.dtype
     if _is_pointwise(kh, kw, padding) and stride == (1, 1):
         gx = np.empty(input_shape, dtype=dtype)
-        for b in range(n):
-            for g in range(groups):
-                np.matmul(
-                    wt[g],
-                    grad_out[b, g * og : (g + 1) * og].reshape(og, oh * ow),
-                    out=gx[b, g * cg : (g + 1) * cg].reshape(cg, h * w),
-                )
+        for g in range(groups):  # (Cg, Og) @ (N, Og, L)
+            res = np.matmul(wt[g], grad_out[:, g * og : (g + 1) * og].reshape(n, og, h * w))
+            gx[:, g * cg : (g + 1) * cg] = res.reshape(n, cg, h, w)
         return gx
     gx = np.zeros(input_shape, dtype=dtype)
-    rows = _chunk_rows(k, ow, oh, grad_out.itemsize)
-    cols = np.empty((k, rows * ow), dtype=dtype)
-    for b in range(n):
-        for g in range(groups):
-            gsrc = grad_out[b, g * og : (g + 1) * og].reshape(og, oh * ow)  # (Og, L)
-            gdst = gx[b, g * cg : (g + 1) * cg]  # (Cg, H, W)
-            for r0 in range(0, oh, rows):
-                r1 = min(oh, r0 + rows)
-                buf = cols[:, : (r1 - r0) * ow]
-                np.matmul(wt[g], gsrc[:, r0 * ow : r1 * ow], out=buf)  # (K, R*OW)
-                _col2im(
-                    buf,
-                    gdst,
-                    kh,
-                    kw,
-                    stride[0],
-                    stride[1],
-                    padding[0],
-                    padding[1],
-                    dilation[0],
-                    dilation[1],
-                    r0,
-                    r1,
-                    ow,
-                )
+    args = (kh, kw, *stride, *padding, *dilation)
+    plan = _plan(n, oh, ow, k, grad_out.itemsize)
+    cols = np.empty(k * max((b1 - b0) * (r1 - r0) for b0, b1, r0, r1 in plan) * ow, dtype)
+    for g in range(groups):
+        for b0, b1, r0, r1 in plan:
+            buf = _buffer(cols, k, (b1 - b0) * (r1 - r0) * ow)
+            src = _grad_chunk(grad_out, b0, b1, r0, r1, g * og, (g + 1) * og)  # (Og, B*R*OW)
+            np.matmul(wt[g], src, out=buf)  # (K, B*R*OW)
+            if groups == 1:
+                _col2im(buf, gx[b0:b1], *args, r0, r1, ow)
+            else:  # a C-contiguous block for the kernel (one compiled layout), copied back
+                blk = np.ascontiguousarray(gx[b0:b1, g * cg : (g + 1) * cg])
+                _col2im(buf, blk, *args, r0, r1, ow)
+                gx[b0:b1, g * cg : (g + 1) * cg] = blk
     return gx
 
 
@@ -179,37 +192,22 @@ def grad_weight(grad_out, x, weight_shape, stride, padding, dilation, groups):
     """See conv_numpy.grad_weight."""
     n, o, oh, ow = grad_out.shape
     _, cg, kh, kw = weight_shape
-    og, k = o // groups, cg * kh * kw
+    og, k, l_all = o // groups, cg * kh * kw, oh * ow
     gw = np.zeros((groups, og, k), dtype=grad_out.dtype)  # (G, Og, K)
-    rows = _chunk_rows(k, ow, oh, x.itemsize)
-    cols = None
-    for b in range(n):
-        for g in range(groups):
-            xg = x[b, g * cg : (g + 1) * cg]
-            gsrc = grad_out[b, g * og : (g + 1) * og].reshape(og, oh * ow)  # (Og, L)
-            if _is_pointwise(kh, kw, padding):
-                src = xg[:, :: stride[0], :: stride[1]] if stride != (1, 1) else xg
-                gw[g] += gsrc @ np.ascontiguousarray(src).reshape(cg, oh * ow).T
-                continue
-            if cols is None:
-                cols = np.empty((k, rows * ow), dtype=x.dtype)
-            for r0 in range(0, oh, rows):
-                r1 = min(oh, r0 + rows)
-                buf = cols[:, : (r1 - r0) * ow]
-                _im2col(
-                    xg,
-                    buf,
-                    kh,
-                    kw,
-                    stride[0],
-                    stride[1],
-                    padding[0],
-                    padding[1],
-                    dilation[0],
-                    dilation[1],
-                    r0,
-                    r1,
-                    ow,
-                )
-                gw[g] += gsrc[:, r0 * ow : r1 * ow] @ buf.T
+    if _is_pointwise(kh, kw, padding):
+        xs = _strided(x, stride)
+        for g in range(groups):  # sum over images of (Og, L) @ (L, Cg)
+            gsrc = grad_out[:, g * og : (g + 1) * og].reshape(n, og, l_all)
+            gw[g] = np.matmul(
+                gsrc, xs[:, g * cg : (g + 1) * cg].reshape(n, cg, l_all).transpose(0, 2, 1)
+            ).sum(0)
+        return gw.reshape(weight_shape)
+    args = (kh, kw, *stride, *padding, *dilation)
+    plan = _plan(n, oh, ow, k, x.itemsize)
+    cols = np.empty(k * max((b1 - b0) * (r1 - r0) for b0, b1, r0, r1 in plan) * ow, x.dtype)
+    for g in range(groups):
+        for b0, b1, r0, r1 in plan:
+            buf = _buffer(cols, k, (b1 - b0) * (r1 - r0) * ow)
+            _im2col(_images(x, b0, b1, g * cg, (g + 1) * cg), buf, *args, r0, r1, ow)
+            gw[g] += _grad_chunk(grad_out, b0, b1, r0, r1, g * og, (g + 1) * og) @ buf.T
     return gw.reshape(weight_shape)
