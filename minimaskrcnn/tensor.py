@@ -520,11 +520,12 @@ class Relu(Function):
     def forward(ctx, a):
         mask = a > 0
         ctx.save_for_backward(mask)
-        return a * mask
+        # maximum, not a * mask: negative inputs give +0.0 (not -0.0) and NaN propagates, as torch
+        return _xp(a).maximum(a, 0).astype(a.dtype, copy=False)
 
     @staticmethod
     def backward(ctx, g):
-        return g * ctx.saved[0]
+        return _xp(g).where(ctx.saved[0], g, 0).astype(g.dtype, copy=False)
 
 
 class Sigmoid(Function):
