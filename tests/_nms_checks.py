@@ -57,12 +57,19 @@ def check_batched(backend, to_array, rng, n, n_classes, threshold):
     boxes = random_boxes(rng, n)
     scores = rng.random(n).astype(np.float32)
     idxs = rng.integers(0, n_classes, n)
-    ours = batched_nms(
-        to_array(boxes), to_array(scores), to_array(idxs), threshold, backend=backend
-    )
-    assert_same(
-        backends.to_numpy(ours), tv_batched_nms(boxes, scores, idxs, threshold), f"batched n={n}"
-    )
+    scores[: n // 10] = scores[n // 10 : 2 * (n // 10)]  # equal scores across categories
+    ours = batched_nms(to_array(boxes), to_array(scores), to_array(idxs), threshold,
+                       backend=backend)
+    ours, ref = backends.to_numpy(ours), tv_batched_nms(boxes, scores, idxs, threshold)
+    if boxes.size <= 4000:  # coordinate trick: one stable nms, so the order is exact
+        assert_same(ours, ref, f"batched n={n}")
+    else:
+        # The per-category path ends with torch's *unstable* sort by score, whose order of equal
+        # scores is arbitrary for large inputs; ours is stable. Same boxes, same score sequence.
+        assert sorted(ours.tolist()) == sorted(ref.tolist()), f"batched n={n}: different boxes"
+        np.testing.assert_array_equal(scores[ours], scores[ref])
+        ties = scores[ours][1:] == scores[ours][:-1]
+        assert (ours[1:][ties] > ours[:-1][ties]).all(), "equal scores must keep index order"
 
 
 def check_threshold_boundary(backend, to_array):

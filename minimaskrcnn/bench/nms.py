@@ -91,7 +91,10 @@ def _cpu_rows(sizes, repeat):
                              min_ms=t_ref.min_s * 1e3, speedup=1.0, kept=len(ref_keep)))
             for name in ("numpy", "cpu"):
                 keep = fn(name)
-                if not np.array_equal(keep, ref_keep):
+                # batched_nms above 1000 boxes ends with torch's unstable sort: equal scores may
+                # come in any order there, so compare the kept boxes and their score sequence
+                if (sorted(keep.tolist()) != sorted(ref_keep.tolist())
+                        or not np.array_equal(scores[keep], scores[ref_keep])):
                     raise AssertionError(f"bench nms: {op} on backend {name!r} differs from "
                                          f"torchvision at n={n}")
                 t = time_call(partial(fn, name), warmup=1, repeat=repeat, max_seconds=10)

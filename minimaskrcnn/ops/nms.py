@@ -105,6 +105,9 @@ def batched_nms(boxes, scores, idxs, iou_threshold: float, backend: str | None =
 
     Both give the same boxes up to float rounding: the shifted coordinates of the trick are rounded
     to float32, which can move an IoU that sits within an ulp of the threshold across it.
+    One deliberate difference: the per-category path sorts the kept boxes with a stable sort,
+    so equal scores keep index order; torchvision uses torch's unstable sort there, whose order
+    of equal scores is arbitrary on large inputs (the same boxes, the same scores, ties permuted).
     """
     boxes, scores, idxs = _data(boxes), _data(scores), _data(idxs)
     _check("batched_nms", boxes, scores, iou_threshold)
