@@ -1,0 +1,166 @@
+"""``minimaskrcnn predict IMAGE --weights W [--out out.png]``: Mask R-CNN on one image, drawn.
+
+The image is read with Pillow and converted to RGB (grayscale and RGBA files are converted, as a
+photo viewer would), scaled to floats in [0, 1] and laid out (3, H, W) -- what the model wants.
+The weights decide the model (see ``maskrcnn_from_state_dict``): torchvision's COCO weights or a
+checkpoint trained with ``minimaskrcnn train``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+HOW_TO_GET_WEIGHTS = """\
+minimaskrcnn predict needs weights (--weights FILE). There are no pretrained weights in this
+project and nothing is downloaded. Two ways to get some:
+
+1. torchvision's COCO-trained Mask R-CNN (on a machine with torch and internet):
+
+     python -c "import torch, torchvision; m = torchvision.models.detection.maskrcnn_resnet50_fpn(\\
+weights='DEFAULT'); torch.save(m.state_dict(), 'maskrcnn_coco.pth')"
+
+   then:  minimaskrcnn predict photo.jpg --weights maskrcnn_coco.pth
+   (optionally convert it once to our format, so torch is not needed any more:
+     python -c "from minimaskrcnn.io import load_weights, save_weights; \\
+save_weights('maskrcnn_coco.npz', load_weights('maskrcnn_coco.pth'))")
+
+2. train one:  minimaskrcnn shapes --out data && minimaskrcnn train --data data --out run
+   then:  minimaskrcnn predict image.png --weights run/<checkpoint>.npz --classes <names file>
+"""
+
+
+def load_image(path) -> np.ndarray:
+    """An image file as a (3, H, W) float32 array in [0, 1] (converted to RGB by Pillow)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        rgb = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0  # (H, W, 3)
+    return np.ascontiguousarray(rgb.transpose(2, 0, 1))  # (3, H, W)
+
+
+def read_class_names(spec, num_classes: int):
+    """``coco`` -> torchvision's 91 COCO names; a .json list/COCO file; a text file (one a line)."""
+    from .visualize import COCO_CATEGORIES
+
+    if spec is None:
+        return COCO_CATEGORIES if num_classes == len(COCO_CATEGORIES) else None
+    if spec == "coco":
+        return COCO_CATEGORIES
+    if not os.path.exists(spec):
+        raise FileNotFoundError(
+            f"predict: --classes file {spec!r} not found (use 'coco' or a file)"
+        )
+    if spec.endswith(".json"):
+        with open(spec) as f:
+            obj = json.load(f)
+        if isinstance(obj, dict) and "categories" in obj:  # a COCO annotation file
+            # contiguous labels, as minimaskrcnn.data.CocoDataset trains: categories sorted by id
+            cats = sorted(obj["categories"], key=lambda c: c["id"])
+            return ["__background__"] + [c["name"] for c in cats]
+        return [str(n) for n in obj]
+    with open(spec) as f:
+        names = [line.strip() for line in f if line.strip()]
+    # a plain list of object classes gets the background in front, as the model's label 0
+    return names if names and names[0] == "__background__" else ["__background__"] + names
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(
+        prog="minimaskrcnn predict",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=HOW_TO_GET_WEIGHTS,
+    )
+    p.add_argument("image", help="an image file (jpg, png, ...)")
+    p.add_argument("--weights", help="weights: .npz (ours) or .pth (torch state dict)")
+    p.add_argument("--out", default="prediction.png", help="where to write the drawing (PNG)")
+    p.add_argument(
+        "--score-thresh", type=float, default=0.5, help="draw detections above this score"
+    )
+    p.add_argument(
+        "--classes",
+        default=None,
+        help="'coco' or a file of class names (default: COCO for 91-class weights, else numbers)",
+    )
+    p.add_argument(
+        "--min-size", type=int, default=800, help="the transform's min_size (default 800)"
+    )
+    p.add_argument(
+        "--max-size", type=int, default=1333, help="the transform's max_size (default 1333)"
+    )
+    p.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="gpu: CuPy kernels")
+    p.add_argument("--json", default=None, help="also write the detections to this JSON file")
+    args = p.parse_args(argv)
+
+    if not args.weights:
+        print(HOW_TO_GET_WEIGHTS, file=sys.stderr)
+        return 2
+    if not os.path.exists(args.image):
+        print(f"minimaskrcnn predict: image {args.image!r} not found", file=sys.stderr)
+        return 2
+    try:
+        image = load_image(args.image)
+    except Exception as e:  # Pillow raises several types for a file that is not an image
+        print(
+            f"minimaskrcnn predict: cannot read {args.image!r} as an image ({e})", file=sys.stderr
+        )
+        return 2
+
+    from .io import load_weights
+    from .models.mask_rcnn import maskrcnn_from_state_dict
+    from .visualize import label_name, save_detections
+
+    try:
+        state = load_weights(args.weights)
+        model = maskrcnn_from_state_dict(state, min_size=args.min_size, max_size=args.max_size)
+    except (FileNotFoundError, ValueError, ImportError) as e:
+        print(f"minimaskrcnn predict: {e}", file=sys.stderr)
+        return 2
+    if args.device == "gpu":
+        model.to("cupy")
+    num_classes = model.roi_heads.box_predictor.cls_score.out_features
+    names = read_class_names(args.classes, num_classes)
+
+    t0 = time.perf_counter()
+    result = model([image])[0]
+    dt = time.perf_counter() - t0
+    from .backends import to_numpy
+
+    result = {k: to_numpy(v) for k, v in result.items()}
+    n = save_detections(args.out, image, result, class_names=names, score_thresh=args.score_thresh)
+    print(
+        f"{len(result['scores'])} detections in {dt:.2f} s, {n} with score >= {args.score_thresh} "
+        f"drawn to {args.out}"
+    )
+    for i in np.flatnonzero(result["scores"] >= args.score_thresh):
+        x1, y1, x2, y2 = result["boxes"][i]
+        print(
+            f"  {label_name(result['labels'][i], names):<16} {result['scores'][i]:.3f}  "
+            f"[{x1:.1f}, {y1:.1f}, {x2:.1f}, {y2:.1f}]"
+        )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(
+                [
+                    {
+                        "box": result["boxes"][i].tolist(),
+                        "label": int(result["labels"][i]),
+                        "name": label_name(result["labels"][i], names),
+                        "score": float(result["scores"][i]),
+                    }
+                    for i in range(len(result["scores"]))
+                ],
+                f,
+                indent=1,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
