@@ -350,3 +350,31 @@ def test_roi_heads_eval_with_an_image_without_proposals(rng):
     for r in empty:
         assert r["boxes"].shape == (0, 4) and r["scores"].shape == (0,)
         assert r["labels"].dtype == np.int64 and r["masks"].shape == (0, 1, 28, 28)
+
+
+def test_head_initialisation_follows_torchvision():
+    """Same init rules (not the same numbers): kaiming-normal fan_out for the mask convs, zero
+    conv biases, N(0, 0.01) for the RPN head, torch's default for the linear layers."""
+    from torchvision.models.detection.rpn import RPNHead as TVRPNHead
+
+    from minimaskrcnn.models.rpn import RPNHead
+
+    torch.manual_seed(0)
+    pairs = [
+        (MaskRCNNHeads(16, (32, 32), 1, rng=0), TVMaskRCNNHeads(16, (32, 32), 1)),
+        (MaskRCNNPredictor(32, 32, 7, rng=0), TVMaskRCNNPredictor(32, 32, 7)),
+        (RPNHead(32, 3, rng=0), TVRPNHead(32, 3)),
+        (TwoMLPHead(400, 64, rng=0), TVTwoMLPHead(400, 64)),
+        (FastRCNNPredictor(64, 7, rng=0), TVFastRCNNPredictor(64, 7)),
+    ]
+    for ours, tv in pairs:
+        for name, t in tv.state_dict().items():
+            ours_v, tv_v = ours.state_dict()[name], t.numpy()
+            if np.all(tv_v == 0):
+                np.testing.assert_array_equal(ours_v, 0, err_msg=name)
+                continue
+            if tv_v.size < 200:  # a 7-bias sample says little about a spread
+                continue
+            # Sample standard deviations of >= 256 values: within ~10% of each other.
+            assert 0.8 < ours_v.std() / tv_v.std() < 1.25, name
+            assert abs(ours_v.mean()) < 0.3 * tv_v.std(), name
