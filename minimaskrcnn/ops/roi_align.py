@@ -30,7 +30,8 @@ from .roi_format import check_roi_input, check_rois
 KERNELS = {
     "numpy": "roi_align_numpy",
     "cpu": "roi_align_cpu",
-    # "numba", "cupy": being added (kernels/roi_align_numba_cuda.py, _cupy.py)
+    "numba": "roi_align_numba_cuda",
+    "cupy": "roi_align_cupy",
 }
 
 

@@ -30,7 +30,8 @@ from .roi_format import check_roi_input, check_rois
 KERNELS = {
     "numpy": "roi_pool_numpy",
     "cpu": "roi_pool_cpu",
-    # "numba", "cupy": being added (kernels/roi_pool_numba_cuda.py, _cupy.py)
+    "numba": "roi_pool_numba_cuda",
+    "cupy": "roi_pool_cupy",
 }
 
 

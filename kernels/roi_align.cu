@@ -1,0 +1,180 @@
+// RoIAlign in CUDA C, loaded by kernels/roi_align_cupy.py through CuPy (NVRTC).
+//
+// See the reference in kernels/roi_align_numpy.py: its docstring is the spec, with every
+// torchvision rule. Shapes: N images, C channels, H x W map, K RoIs, PH x PW output.
+//
+// Version 1 (the only one here; torchvision's CUDA kernel has the same plan):
+//   forward:  one thread per output element (k, c, ph, pw), a grid-stride loop over them. Each
+//             thread recomputes its RoI's geometry (a few flops), loops over its GH x GW samples,
+//             4 gathers each. Consecutive threads are consecutive pw, so a warp's gathers fall on
+//             a few cache lines of one plane. No shared memory: the op is memory bound (about
+//             1.5 flop per byte, see /work/shared/notes/kernel-performance.md).
+//   backward: one thread per grad_out element; each sample does 4 atomicAdd into grad_input
+//             (zeroed by the caller). Float atomics commute only up to rounding, so the gradient
+//             is not bit-reproducible between runs (as torchvision's).
+// Every float is the template type T (float or double); extern "C" entry points per dtype.
+
+template <typename T>
+__device__ int grid_size(T v) {
+  // int(ceil(v)) as a sample count: 0 for NaN, +-inf, <= 0 or beyond int32. torchvision's CPU
+  // cast gives INT_MIN there (no samples); CUDA's would saturate, so the rule is explicit.
+  T c = ceil(v);
+  return (c >= (T)1 && c < (T)2147483648.0) ? (int)c : 0;
+}
+
+template <typename T>
+struct Geometry {
+  T y1, x1, bin_h, bin_w;
+  int gh, gw;
+};
+
+template <typename T>
+__device__ Geometry<T> geometry(const T* roi, T scale, int PH, int PW, int sampling_ratio,
+                                bool aligned) {
+  T offset = aligned ? (T)0.5 : (T)0;
+  T x1 = roi[1] * scale - offset;
+  T y1 = roi[2] * scale - offset;
+  T x2 = roi[3] * scale - offset;
+  T y2 = roi[4] * scale - offset;
+  T roi_w = x2 - x1;
+  T roi_h = y2 - y1;
+  if (!aligned) {  // legacy: malformed RoIs become 1 x 1 (a NaN stays NaN, as std::max)
+    if (roi_w < (T)1) roi_w = (T)1;
+    if (roi_h < (T)1) roi_h = (T)1;
+  }
+  Geometry<T> g;
+  g.y1 = y1;
+  g.x1 = x1;
+  g.bin_h = roi_h / (T)PH;
+  g.bin_w = roi_w / (T)PW;
+  g.gh = sampling_ratio > 0 ? sampling_ratio : grid_size(roi_h / (T)PH);
+  g.gw = sampling_ratio > 0 ? sampling_ratio : grid_size(roi_w / (T)PW);
+  return g;
+}
+
+// The bilinear rules for one sample: false when it lies outside (or is NaN).
+template <typename T>
+__device__ bool corners(T y, T x, int H, int W, int& y_low, int& y_high, int& x_low, int& x_high,
+                        T& hy, T& ly, T& hx, T& lx) {
+  if (!(y >= (T)-1 && y <= (T)H && x >= (T)-1 && x <= (T)W)) return false;
+  if (y <= (T)0) y = (T)0;
+  if (x <= (T)0) x = (T)0;
+  y_low = (int)y;
+  x_low = (int)x;
+  if (y_low >= H - 1) {
+    y_high = y_low = H - 1;
+    y = (T)y_low;
+  } else {
+    y_high = y_low + 1;
+  }
+  if (x_low >= W - 1) {
+    x_high = x_low = W - 1;
+    x = (T)x_low;
+  } else {
+    x_high = x_low + 1;
+  }
+  ly = y - (T)y_low;
+  lx = x - (T)x_low;
+  hy = (T)1 - ly;
+  hx = (T)1 - lx;
+  return true;
+}
+
+template <typename T>
+__device__ void forward(const T* __restrict__ input, const T* __restrict__ rois, T scale, int C,
+                        int H, int W, int K, int PH, int PW, int sampling_ratio, bool aligned,
+                        T* __restrict__ out) {
+  long long total = (long long)K * C * PH * PW;
+  for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < total;
+       idx += (long long)blockDim.x * gridDim.x) {
+    int pw = (int)(idx % PW);
+    int ph = (int)((idx / PW) % PH);
+    int c = (int)((idx / ((long long)PW * PH)) % C);
+    int k = (int)(idx / ((long long)PW * PH * C));
+    const T* roi = rois + 5 * (long long)k;
+    int b = (int)roi[0];
+    Geometry<T> g = geometry(roi, scale, PH, PW, sampling_ratio, aligned);
+    const T* plane = input + ((long long)b * C + c) * H * W;  // (H, W)
+    T acc = (T)0;
+    for (int iy = 0; iy < g.gh; ++iy) {
+      T y = g.y1 + (T)ph * g.bin_h + ((T)iy + (T)0.5) * g.bin_h / (T)g.gh;
+      for (int ix = 0; ix < g.gw; ++ix) {
+        T x = g.x1 + (T)pw * g.bin_w + ((T)ix + (T)0.5) * g.bin_w / (T)g.gw;
+        int yl, yh, xl, xh;
+        T hy, ly, hx, lx;
+        if (corners(y, x, H, W, yl, yh, xl, xh, hy, ly, hx, lx)) {
+          acc += (hy * hx) * plane[yl * W + xl] + (hy * lx) * plane[yl * W + xh] +
+                 (ly * hx) * plane[yh * W + xl] + (ly * lx) * plane[yh * W + xh];
+        } else {
+          acc += (T)0 * plane[0];  // torchvision reads pixel 0 with weight 0
+        }
+      }
+    }
+    int count = g.gh * g.gw;
+    out[idx] = acc / (T)(count > 1 ? count : 1);
+  }
+}
+
+template <typename T>
+__device__ void backward(const T* __restrict__ grad_out, const T* __restrict__ rois, T scale,
+                         int C, int H, int W, int K, int PH, int PW, int sampling_ratio,
+                         bool aligned, T* __restrict__ grad_in) {
+  long long total = (long long)K * C * PH * PW;
+  for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < total;
+       idx += (long long)blockDim.x * gridDim.x) {
+    int pw = (int)(idx % PW);
+    int ph = (int)((idx / PW) % PH);
+    int c = (int)((idx / ((long long)PW * PH)) % C);
+    int k = (int)(idx / ((long long)PW * PH * C));
+    const T* roi = rois + 5 * (long long)k;
+    int b = (int)roi[0];
+    Geometry<T> g = geometry(roi, scale, PH, PW, sampling_ratio, aligned);
+    T* plane = grad_in + ((long long)b * C + c) * H * W;
+    T grad = grad_out[idx];
+    T count = (T)(g.gh * g.gw);
+    for (int iy = 0; iy < g.gh; ++iy) {
+      T y = g.y1 + (T)ph * g.bin_h + ((T)iy + (T)0.5) * g.bin_h / (T)g.gh;
+      for (int ix = 0; ix < g.gw; ++ix) {
+        T x = g.x1 + (T)pw * g.bin_w + ((T)ix + (T)0.5) * g.bin_w / (T)g.gw;
+        int yl, yh, xl, xh;
+        T hy, ly, hx, lx;
+        if (corners(y, x, H, W, yl, yh, xl, xh, hy, ly, hx, lx)) {  // outside: nothing
+          atomicAdd(plane + yl * W + xl, grad * (hy * hx) / count);
+          atomicAdd(plane + yl * W + xh, grad * (hy * lx) / count);
+          atomicAdd(plane + yh * W + xl, grad * (ly * hx) / count);
+          atomicAdd(plane + yh * W + xh, grad * (ly * lx) / count);
+        }
+      }
+    }
+  }
+}
+
+extern "C" __global__ void roi_align_forward_f32(const float* input, const float* rois,
+                                                 float scale, int C, int H, int W, int K, int PH,
+                                                 int PW, int sampling_ratio, int aligned,
+                                                 float* out) {
+  forward<float>(input, rois, scale, C, H, W, K, PH, PW, sampling_ratio, aligned != 0, out);
+}
+
+extern "C" __global__ void roi_align_forward_f64(const double* input, const double* rois,
+                                                 double scale, int C, int H, int W, int K, int PH,
+                                                 int PW, int sampling_ratio, int aligned,
+                                                 double* out) {
+  forward<double>(input, rois, scale, C, H, W, K, PH, PW, sampling_ratio, aligned != 0, out);
+}
+
+extern "C" __global__ void roi_align_backward_f32(const float* grad_out, const float* rois,
+                                                  float scale, int C, int H, int W, int K, int PH,
+                                                  int PW, int sampling_ratio, int aligned,
+                                                  float* grad_in) {
+  backward<float>(grad_out, rois, scale, C, H, W, K, PH, PW, sampling_ratio, aligned != 0,
+                  grad_in);
+}
+
+extern "C" __global__ void roi_align_backward_f64(const double* grad_out, const double* rois,
+                                                  double scale, int C, int H, int W, int K, int PH,
+                                                  int PW, int sampling_ratio, int aligned,
+                                                  double* grad_in) {
+  backward<double>(grad_out, rois, scale, C, H, W, K, PH, PW, sampling_ratio, aligned != 0,
+                   grad_in);
+}

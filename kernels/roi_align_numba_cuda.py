@@ -1,0 +1,201 @@
+"""RoIAlign, Numba CUDA kernels (``@cuda.jit``): a real GPU, or the simulator in CI.
+
+See the reference in kernels/roi_align_numpy.py (its docstring is the spec). What changes here:
+
+* Version 1 (the only one, as torchvision's CUDA kernel): **one thread per output element**
+  (k, c, ph, pw). Each thread recomputes its RoI's geometry (a handful of flops, cheaper than a
+  second launch or a table in global memory), loops over its GH x GW samples and does 4 gathers
+  per sample. No shared memory: neighbouring threads (consecutive pw) read neighbouring pixels, so
+  the gathers of a warp mostly hit the same cache lines.
+* Backward: one thread per element of grad_out; each sample adds its 4 weighted gradients with
+  ``cuda.atomic.add`` (several outputs touch one pixel). Float atomics run in any order, so the
+  gradient is not bit-reproducible run to run (torchvision's CUDA backward has the same property).
+* Explicit widths: every float is cast to the input's dtype F (``numba.float32`` or
+  ``numba.float64``); the simulator does no type inference, and a float32 * int64 there would be
+  float64 (NumPy's promotion), so F(...) is written at every int -> float step. The kernels are
+  built once per dtype by ``_build(F)``.
+* Arrays: NumPy arrays are copied to the device and the result back; CuPy arrays (anything with
+  ``__cuda_array_interface__``) are used in place, and the result is a CuPy array.
+
+Shapes: N images, C channels, H x W map, K RoIs, PH x PW output.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numba
+import numpy as np
+from numba import cuda
+
+from minimaskrcnn import backends
+
+THREADS = 128  # per block; the simulator runs one Python thread per CUDA thread
+
+
+@lru_cache(maxsize=None)
+def _build(F):
+    """The forward and backward kernels for float type F (numba.float32 or numba.float64)."""
+
+    @cuda.jit(device=True)
+    def grid_size(v):
+        # int(ceil(v)) as a sample count: 0 for NaN, inf, <= 0 or beyond int32 (see reference)
+        if v > 0 and v <= 2147483647.0:
+            return int(math.ceil(v))
+        return 0
+
+    @cuda.jit(device=True)
+    def geometry(rois, k, scale, PH, PW, sampling_ratio, aligned):
+        offset = F(0.5) if aligned else F(0)
+        x1 = rois[k, 1] * scale - offset
+        y1 = rois[k, 2] * scale - offset
+        x2 = rois[k, 3] * scale - offset
+        y2 = rois[k, 4] * scale - offset
+        roi_w = x2 - x1
+        roi_h = y2 - y1
+        if not aligned:
+            if roi_w < F(1):  # std::max(roi_w, 1): NaN stays NaN
+                roi_w = F(1)
+            if roi_h < F(1):
+                roi_h = F(1)
+        bin_h = roi_h / F(PH)
+        bin_w = roi_w / F(PW)
+        if sampling_ratio > 0:
+            gh = sampling_ratio
+            gw = sampling_ratio
+        else:
+            gh = grid_size(roi_h / F(PH))
+            gw = grid_size(roi_w / F(PW))
+        return y1, x1, bin_h, bin_w, gh, gw
+
+    @cuda.jit(device=True)
+    def corners(y, x, H, W):
+        """valid, y_low, y_high, x_low, x_high, hy, ly, hx, lx of one sample."""
+        if not (y >= -1.0 and y <= H and x >= -1.0 and x <= W):  # NaN: outside
+            return False, 0, 0, 0, 0, F(0), F(0), F(0), F(0)
+        if y <= 0:
+            y = F(0)
+        if x <= 0:
+            x = F(0)
+        y_low = int(y)
+        x_low = int(x)
+        if y_low >= H - 1:
+            y_low = H - 1
+            y_high = H - 1
+            y = F(y_low)
+        else:
+            y_high = y_low + 1
+        if x_low >= W - 1:
+            x_low = W - 1
+            x_high = W - 1
+            x = F(x_low)
+        else:
+            x_high = x_low + 1
+        ly = y - F(y_low)
+        lx = x - F(x_low)
+        return True, y_low, y_high, x_low, x_high, F(1) - ly, ly, F(1) - lx, lx
+
+    @cuda.jit
+    def forward_kernel(input, rois, scale, PH, PW, sampling_ratio, aligned, out):
+        idx = cuda.grid(1)
+        K, C = out.shape[0], out.shape[1]
+        if idx >= K * C * PH * PW:
+            return
+        pw = idx % PW
+        ph = (idx // PW) % PH
+        c = (idx // (PW * PH)) % C
+        k = idx // (PW * PH * C)
+        H, W = input.shape[2], input.shape[3]
+        b = int(rois[k, 0])
+        y1, x1, bin_h, bin_w, gh, gw = geometry(rois, k, scale, PH, PW, sampling_ratio, aligned)
+        acc = F(0)
+        for iy in range(gh):
+            y = y1 + F(ph) * bin_h + (F(iy) + F(0.5)) * bin_h / F(gh)
+            for ix in range(gw):
+                x = x1 + F(pw) * bin_w + (F(ix) + F(0.5)) * bin_w / F(gw)
+                ok, yl, yh, xl, xh, hy, ly, hx, lx = corners(y, x, H, W)
+                if ok:
+                    acc += ((hy * hx) * input[b, c, yl, xl] + (hy * lx) * input[b, c, yl, xh]
+                            + (ly * hx) * input[b, c, yh, xl] + (ly * lx) * input[b, c, yh, xh])
+                else:  # torchvision reads pixel 0 with weight 0 (NaN/inf there leak through)
+                    acc += F(0) * input[b, c, 0, 0]
+        out[k, c, ph, pw] = acc / F(max(gh * gw, 1))
+
+    @cuda.jit
+    def backward_kernel(grad_out, rois, scale, sampling_ratio, aligned, grad_in):
+        idx = cuda.grid(1)
+        K, C, PH, PW = grad_out.shape
+        if idx >= K * C * PH * PW:
+            return
+        pw = idx % PW
+        ph = (idx // PW) % PH
+        c = (idx // (PW * PH)) % C
+        k = idx // (PW * PH * C)
+        H, W = grad_in.shape[2], grad_in.shape[3]
+        b = int(rois[k, 0])
+        y1, x1, bin_h, bin_w, gh, gw = geometry(rois, k, scale, PH, PW, sampling_ratio, aligned)
+        g = grad_out[k, c, ph, pw]
+        count = F(gh * gw)
+        for iy in range(gh):
+            y = y1 + F(ph) * bin_h + (F(iy) + F(0.5)) * bin_h / F(gh)
+            for ix in range(gw):
+                x = x1 + F(pw) * bin_w + (F(ix) + F(0.5)) * bin_w / F(gw)
+                ok, yl, yh, xl, xh, hy, ly, hx, lx = corners(y, x, H, W)
+                if ok:  # outside samples add nothing
+                    cuda.atomic.add(grad_in, (b, c, yl, xl), g * (hy * hx) / count)
+                    cuda.atomic.add(grad_in, (b, c, yl, xh), g * (hy * lx) / count)
+                    cuda.atomic.add(grad_in, (b, c, yh, xl), g * (ly * hx) / count)
+                    cuda.atomic.add(grad_in, (b, c, yh, xh), g * (ly * lx) / count)
+
+    return forward_kernel, backward_kernel
+
+
+def _float_type(dtype):
+    return numba.float32 if dtype == np.float32 else numba.float64
+
+
+def _blocks(n):
+    return (n + THREADS - 1) // THREADS
+
+
+def _device(a):
+    """CuPy arrays pass through (zero-copy); NumPy arrays are copied to the device."""
+    return a if backends.is_cupy(a) else cuda.to_device(np.ascontiguousarray(a))
+
+
+def _zeros(shape, dtype, like):
+    if backends.is_cupy(like):
+        import cupy
+
+        return cupy.zeros(shape, dtype=dtype)
+    return cuda.to_device(np.zeros(shape, dtype=dtype))
+
+
+def _result(a, like):
+    return a if backends.is_cupy(like) else a.copy_to_host()
+
+
+def forward(input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned):
+    """input (N, C, H, W), rois (K, 5) -> (K, C, PH, PW), on the arrays' side (NumPy or CuPy)."""
+    shape = (rois.shape[0], input.shape[1], pooled_h, pooled_w)
+    out = _zeros(shape, input.dtype, input)
+    n = int(np.prod(shape))
+    if n:
+        fwd, _ = _build(_float_type(input.dtype))
+        fwd[_blocks(n), THREADS](_device(input), _device(rois), input.dtype.type(spatial_scale),
+                                 pooled_h, pooled_w, sampling_ratio, bool(aligned), out)
+    return _result(out, input)
+
+
+def backward(grad_out, rois, input_shape, spatial_scale, pooled_h, pooled_w, sampling_ratio,
+             aligned):
+    """grad_out (K, C, PH, PW) -> grad_input (N, C, H, W) by atomic adds."""
+    grad_in = _zeros(input_shape, grad_out.dtype, grad_out)
+    n = int(np.prod(grad_out.shape))
+    if n:
+        _, bwd = _build(_float_type(grad_out.dtype))
+        bwd[_blocks(n), THREADS](_device(grad_out), _device(rois),
+                                 grad_out.dtype.type(spatial_scale), sampling_ratio, bool(aligned),
+                                 grad_in)
+    return _result(grad_in, grad_out)

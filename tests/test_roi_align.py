@@ -1,0 +1,139 @@
+"""ops.roi_align on every CPU backend ("numpy", "cpu", "numba" in the simulator) against
+torchvision.ops.roi_align, forward and input gradient. The checks live in tests/_roi_checks.py,
+shared with the GPU suite (tests/test_roi_gpu.py). Tolerances are explained there."""
+
+import numpy as np
+import pytest
+import torch  # noqa: F401  (the reference must be installed: fail, never skip)
+import torchvision  # noqa: F401
+from _roi_checks import (
+    check_align,
+    check_hand_align,
+    check_hand_gradients,
+    check_nonfinite,
+    random_rois,
+)
+from conftest import CPU_BACKENDS
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from minimaskrcnn import ops
+from minimaskrcnn.tensor import Tensor
+
+
+def cpu(a):
+    return a
+
+
+def sizes(backend):
+    """(N, C, H, W, K): the simulator runs one Python thread per output element, so keep it tiny."""
+    return (2, 2, 6, 7, 5) if backend == "numba" else (2, 3, 9, 11, 24)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("sampling_ratio", [-1, 0, 1, 2, 3])
+def test_random_boxes_vs_torchvision(backend, aligned, sampling_ratio):
+    rng = np.random.default_rng(sampling_ratio + 1 + 10 * aligned)
+    N, C, H, W, K = sizes(backend)
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    for scale, out_size in ((1.0, (2, 3)), (0.5, 2), (0.3, (3, 2))):
+        rois = random_rois(rng, N, H, W, K, scale)
+        check_align(backend, cpu, x, rois, out_size, scale, sampling_ratio, aligned)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_float64(backend):
+    rng = np.random.default_rng(1)
+    N, C, H, W, K = sizes(backend)
+    x = rng.standard_normal((N, C, H, W))
+    rois = random_rois(rng, N, H, W, K, 0.5, dtype=np.float64)
+    check_align(backend, cpu, x, rois, 2, 0.5, -1, True)
+    check_align(backend, cpu, x, rois, 2, 0.5, 2, False)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_hand_computed_on_arange(backend):
+    check_hand_align(backend, cpu)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_gradient_lands_where_computed_by_hand(backend):
+    check_hand_gradients(backend, cpu)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_nonfinite_boxes_as_torchvision(backend):
+    check_nonfinite(backend, cpu)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_no_rois_and_non_contiguous_input(backend):
+    rng = np.random.default_rng(2)
+    N, C, H, W, K = sizes(backend)
+    x = rng.standard_normal((N, C, 2 * H, W)).astype(np.float32)[:, :, ::2]  # strided rows
+    assert not x.flags.c_contiguous
+    check_align(backend, cpu, x, random_rois(rng, N, H, W, K), 2, 1.0, 2, True)
+    check_align(backend, cpu, x, np.zeros((0, 5), np.float32), 2, 1.0, 2, True)
+    out = ops.roi_align(x, [np.zeros((0, 4), np.float32)] * N, 3, backend=backend)
+    assert out.shape == (0, C, 3, 3)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_list_of_boxes_same_as_rois(backend):
+    rng = np.random.default_rng(3)
+    N, C, H, W, K = sizes(backend)
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    b0, b1 = random_rois(rng, 1, H, W, 3)[:, 1:], random_rois(rng, 1, H, W, 2)[:, 1:]
+    rois = ops.convert_boxes_to_roi_format([b0, b1])
+    a = ops.roi_align(x, [b0, b1], 2, 1.0, 2, backend=backend)
+    b = ops.roi_align(x, rois, 2, 1.0, 2, backend=backend)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_arrays_in_array_out_tensors_in_tensor_out():
+    x = np.ones((1, 1, 4, 4), np.float32)
+    rois = np.array([[0, 0, 0, 2, 2]], np.float32)
+    assert isinstance(ops.roi_align(x, rois, 2, backend="numpy"), np.ndarray)
+    out = ops.roi_align(Tensor(x, requires_grad=True), rois, 2, backend="numpy")
+    assert isinstance(out, Tensor) and out.requires_grad
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), sr=st.integers(-1, 3), aligned=st.booleans(),
+       scale=st.sampled_from([1.0, 0.5, 0.25, 0.125, 2.0]), ph=st.integers(1, 4),
+       pw=st.integers(1, 4))
+def test_property_reference_matches_torchvision(seed, sr, aligned, scale, ph, pw):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, 2, 7, 8)).astype(np.float32)
+    check_align("numpy", cpu, x, random_rois(rng, 2, 7, 8, 6, scale), (ph, pw), scale, sr, aligned)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_bad_input_errors(backend):
+    x = np.zeros((2, 3, 5, 5), np.float32)
+    good = np.array([[0, 0, 0, 2, 2]], np.float32)
+    cases = [
+        (dict(boxes=np.zeros((3, 4), np.float32)), ValueError,
+         r"roi_align: boxes must have shape \(K, 5\).*\(3, 4\)"),
+        (dict(boxes=[np.zeros((3, 5), np.float32)]), ValueError,
+         r"roi_align: boxes\[0\] must have shape \(Ki, 4\).*\(3, 5\)"),
+        (dict(boxes=np.array([[2, 0, 0, 2, 2]], np.float32)), ValueError,
+         r"batch index.*\[0, N=2\).*2\.0"),
+        (dict(boxes=np.array([[0.5, 0, 0, 2, 2]], np.float32)), ValueError, r"batch index.*0\.5"),
+        (dict(boxes=np.array([[-1, 0, 0, 2, 2]], np.float32)), ValueError, r"batch index.*-1\.0"),
+        (dict(output_size=-2), ValueError, r"roi_align: output_size must be positive, got -2"),
+        (dict(output_size=(2, 0)), ValueError, r"roi_align: output_size must be positive"),
+        (dict(input=x[0]), ValueError, r"roi_align: input must have 4 dimensions.*\(3, 5, 5\)"),
+        (dict(input=x.astype(np.int32)), TypeError,
+         r"roi_align: input must be a float32 or float64.*int32"),
+        (dict(sampling_ratio=1.5), TypeError, r"roi_align: sampling_ratio must be an int"),
+        (dict(backend="cupy"), ValueError,
+         r"roi_align: backend 'cupy' needs CuPy \(GPU\) arrays but got NumPy"),
+        (dict(backend="tpu"), ValueError, r"roi_align: unknown backend 'tpu'"),
+    ]
+    for change, exc, match in cases:
+        args = dict(input=x, boxes=good, output_size=2, sampling_ratio=2, backend=backend)
+        args.update(change)
+        with pytest.raises(exc, match=match):
+            ops.roi_align(**args)
