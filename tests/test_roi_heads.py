@@ -14,6 +14,7 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 import torch
+from conftest import CPU_BACKENDS
 from torchvision.models.detection import maskrcnn_resnet50_fpn
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor as TVFastRCNNPredictor
 from torchvision.models.detection.faster_rcnn import TwoMLPHead as TVTwoMLPHead
@@ -378,3 +379,32 @@ def test_head_initialisation_follows_torchvision():
             # Sample standard deviations of >= 256 values: within ~10% of each other.
             assert 0.8 < ours_v.std() / tv_v.std() < 1.25, name
             assert abs(ours_v.mean()) < 0.3 * tv_v.std(), name
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_multiscale_roi_align_every_kernel_backend_tiny(backend, rng):
+    """The level gather over every CPU-machine roi_align backend, numba in the simulator: inputs
+    tiny (2 channels, 3x3 bins, 5 boxes on 4 levels) because the simulator runs a Python thread
+    per CUDA thread."""
+    feats = OrderedDict(
+        (n, rng.normal(0, 1, (1, 2, h, w)).astype(np.float32))
+        for n, (h, w) in zip(NAMES, GRIDS[:4], strict=True)
+    )
+    boxes = np.array(
+        [[0, 0, 3, 3], [1, 2, 13, 12], [5, 5, 20, 25], [0, 0, 60, 63], [10, 3, 40, 30]], np.float32
+    )
+    x = OrderedDict((k, Tensor(v, requires_grad=True)) for k, v in feats.items())
+    pool = MultiScaleRoIAlign(NAMES, 3, 2, canonical_scale=CANON)
+    with _backend_ok(backend):
+        out = pool(x, [boxes], [PADDED])
+        out.backward(np.ones(out.shape, np.float32))
+    assert set(pool.map_levels([boxes]).tolist()) == {0, 1, 2, 3}
+    tx = OrderedDict((k, torch.from_numpy(v).requires_grad_()) for k, v in feats.items())
+    tout = TVMultiScaleRoIAlign(NAMES, 3, 2, canonical_scale=CANON)(
+        tx, [torch.from_numpy(boxes)], [PADDED]
+    )
+    tout.sum().backward()
+    # Same bilinear weights; only the summation order of 4 samples differs: ~1e-7.
+    np.testing.assert_allclose(out.numpy(), tout.detach().numpy(), rtol=1e-5, atol=1e-6)
+    for k in NAMES:
+        np.testing.assert_allclose(x[k].grad, tx[k].grad.numpy(), rtol=1e-5, atol=1e-6)
