@@ -18,6 +18,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import CPU_BACKENDS
 from torchvision.models.detection import maskrcnn_resnet50_fpn
 from torchvision.models.detection.anchor_utils import AnchorGenerator as TVAnchorGenerator
 from torchvision.models.detection.image_list import ImageList as TVImageList
@@ -173,7 +174,8 @@ def test_rpn_eval_proposals_match_torchvision(backend, rng):
         assert (b[:, 0::2] <= w).all() and (b[:, 1::2] <= h).all() and (b >= 0).all()
 
 
-def test_rpn_filter_proposals_identical_inputs(rng):
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_rpn_filter_proposals_identical_inputs(backend, rng):
     """The selection alone (top-k, sigmoid, clip, small boxes, score threshold, NMS per level) on
     identical decoded boxes and logits: equal results up to near-ties."""
     ours, tv = _both_rpns(rng, score_thresh=0.4)
@@ -186,7 +188,7 @@ def test_rpn_filter_proposals_identical_inputs(rng):
     wh = rng.uniform(0.0, 40, (2, R, 2))
     wh[:, :20] = 1e-4  # tiny boxes: removed by the 1e-3 rule
     boxes = np.concatenate([ctr - wh / 2, ctr + wh / 2], axis=2).astype(np.float32)
-    with backends.use("numpy"):
+    with backends.use(backend):  # the NMS kernel: every backend (numba in the simulator)
         got, scores = ours.filter_proposals(boxes, logits, IMAGE_SIZES, levels)
     want, want_scores = tv.filter_proposals(
         torch.from_numpy(boxes), torch.from_numpy(logits), IMAGE_SIZES, levels
