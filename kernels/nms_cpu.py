@@ -68,8 +68,20 @@ def _suppress_by_block(x1, y1, x2, y2, area, zero, threshold, suppressed, block_
 
 
 @numba.njit(cache=True, parallel=True, error_model="numpy")
+def _suppress_later_parallel(x1, y1, x2, y2, area, zero, threshold, suppressed, block_keep, n_keep,
+                             start):
+    """Step 2 of a block on all cores: the thread that owns box j writes only j's flag."""
+    for j in numba.prange(start, x1.shape[0]):
+        _suppress_by_block(x1, y1, x2, y2, area, zero, threshold, suppressed, block_keep, n_keep, j)
+
+
+@numba.njit(cache=True, error_model="numpy")
 def _nms_sorted(x1, y1, x2, y2, area, zero, threshold, block, parallel_min_pairs):
-    """Keep flags (uint8, 1 = kept) of boxes already sorted by decreasing score."""
+    """Keep flags (uint8, 1 = kept) of boxes already sorted by decreasing score.
+
+    Not itself ``parallel=True``: Numba would turn its ``np.zeros`` into parallel regions too,
+    and every region costs a fork and a barrier; only step 2 of a large block goes parallel.
+    """
     n = x1.shape[0]
     suppressed = np.zeros(n, dtype=np.uint8)
     kept = np.zeros(n, dtype=np.uint8)
@@ -89,17 +101,15 @@ def _nms_sorted(x1, y1, x2, y2, area, zero, threshold, block, parallel_min_pairs
                     continue
                 if np.float64(_iou(x1, y1, x2, y2, area, zero, i, j)) > threshold:
                     suppressed[j] = 1
-        # 2. the block's kept boxes suppress all later boxes; thread owning j writes only j's flag.
-        # A parallel region costs a fork and a barrier (tens of microseconds, much more when the
-        # cores are shared), so small remainders run serially.
+        # 2. the block's kept boxes suppress all later boxes, in parallel when there is enough
+        # work to pay for the parallel region (small remainders run right here, serially)
         if (n - stop) * n_keep < parallel_min_pairs:
             for j in range(stop, n):
                 _suppress_by_block(x1, y1, x2, y2, area, zero, threshold, suppressed, block_keep,
                                    n_keep, j)
         else:
-            for j in numba.prange(stop, n):
-                _suppress_by_block(x1, y1, x2, y2, area, zero, threshold, suppressed, block_keep,
-                                   n_keep, j)
+            _suppress_later_parallel(x1, y1, x2, y2, area, zero, threshold, suppressed,
+                                     block_keep, n_keep, stop)
     return kept
 
 
