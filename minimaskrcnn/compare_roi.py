@@ -342,10 +342,12 @@ def _figures(rows, shifts_all, out_dir, strides):
         r = [x for x in rows if x["operator"] == name]
         axes[0].plot(strides, [x["rms_err"] for x in r], "o-", color=colors[name], label=name)
         axes[1].plot(strides, [x["edge_mean_px"] for x in r], "o-", color=colors[name], label=name)
-    axes[0].set(xscale="log", xticks=strides, xticklabels=strides, xlabel="feature stride",
-                ylabel="RMS error / feature std", title="distance to the exact bin average")
-    axes[1].set(xscale="log", xticks=strides, xticklabels=strides, xlabel="feature stride",
-                ylabel="image px", title="mean bin-edge misalignment")
+    axes[0].set(ylabel="RMS error / feature std", title="distance to the exact bin average")
+    axes[1].set(ylabel="image px", title="mean bin-edge misalignment")
+    for ax in axes:
+        ax.set_xscale("log", base=2)
+        ax.minorticks_off()
+        ax.set(xticks=strides, xticklabels=[str(s) for s in strides], xlabel="feature stride")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out_dir / "compare_roi_error.png", dpi=80)

@@ -67,10 +67,11 @@ for ax, name in zip(axes, ("RoIPool", "RoIWarp", "RoIAlign a=F"), strict=True):
         ax.axhline(g * stride, color="0.85", lw=0.8)
     for which, color in (("exact", "k"), (name, "tab:red")):
         (ys, ye), (xs, xe) = edges[which]["y"], edges[which]["x"]
-        for p in range(7):
-            ax.add_patch(plt.Rectangle((xs[0, p], ys[0, p]), xe[0, p] - xs[0, p],
-                                       ye[0, p] - ys[0, p], fill=False, ec=color,
-                                       lw=1.5 if which == "exact" else 1, alpha=0.8))
+        for py in range(7):
+            for px in range(7):
+                ax.add_patch(plt.Rectangle((xs[0, px], ys[0, py]), xe[0, px] - xs[0, px],
+                                           ye[0, py] - ys[0, py], fill=False, ec=color,
+                                           lw=1.5 if which == "exact" else 1, alpha=0.7))
     ax.set(xlim=(170, 370), ylim=(290, 120), aspect="equal",
            title=f"{name} (red) vs exact bins (black)")
 fig.tight_layout()
