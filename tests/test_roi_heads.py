@@ -132,10 +132,23 @@ def test_state_dict_keys_match_torchvision_maskrcnn():
     assert "mask_head.0.0.weight" in got and "mask_predictor.conv5_mask.weight" in got
 
 
-def test_old_mask_head_keys_convert():
+def test_old_mask_head_keys_convert_like_torchvision():
     old = {"mask_head.mask_fcn1.weight": 1, "mask_head.mask_fcn4.bias": 2, "box_head.fc6.weight": 3}
     new = MaskRCNNHeads.convert_old_keys(old, prefix="mask_head.")
     assert new == {"mask_head.0.0.weight": 1, "mask_head.3.0.bias": 2, "box_head.fc6.weight": 3}
+    # torchvision renames a version-1 state dict the same way while loading it.
+    tv = TVMaskRCNNHeads(C, (8, 8), 1)
+    sd = OrderedDict()
+    for i in range(2):
+        sd[f"mask_fcn{i + 1}.weight"] = torch.full_like(tv[i][0].weight, float(i + 1))
+        sd[f"mask_fcn{i + 1}.bias"] = torch.zeros_like(tv[i][0].bias)
+    sd._metadata = {"": {"version": 1}}
+    tv.load_state_dict(sd)
+    converted = MaskRCNNHeads.convert_old_keys({k: v.numpy() for k, v in sd.items()})
+    ours = MaskRCNNHeads(C, (8, 8), 1)
+    ours.load_state_dict(converted)
+    for k, v in tv.state_dict().items():
+        np.testing.assert_array_equal(ours.state_dict()[k], v.numpy())
 
 
 # ----------------------------------------------------------------------------- pooler

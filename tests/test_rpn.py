@@ -269,3 +269,30 @@ def test_rpn_eval_can_keep_nothing(rng):
     with backends.use("numpy"):
         boxes, _ = ours(images, OrderedDict((k, Tensor(v)) for k, v in _features(rng).items()))
     assert [b.shape for b in boxes] == [(0, 4), (0, 4)]
+
+
+def test_rpn_head_old_checkpoint_keys_convert_like_torchvision():
+    old = {
+        "rpn.head.conv.weight": np.ones((C, C, 3, 3), np.float32),
+        "rpn.head.conv.bias": np.ones(C, np.float32),
+        "rpn.head.cls_logits.weight": np.ones((3, C, 1, 1), np.float32),
+    }
+    new = RPNHead.convert_old_keys(old, prefix="rpn.head.")
+    assert sorted(new) == [
+        "rpn.head.cls_logits.weight",
+        "rpn.head.conv.0.0.bias",
+        "rpn.head.conv.0.0.weight",
+    ]
+    # torchvision renames the same keys when a version-1 state dict is loaded.
+    tv = TVRPNHead(C, 3)
+    sd = OrderedDict((k[len("rpn.head.") :], torch.from_numpy(v)) for k, v in old.items())
+    sd["bbox_pred.weight"], sd["bbox_pred.bias"] = tv.bbox_pred.weight, tv.bbox_pred.bias
+    sd["cls_logits.bias"] = tv.cls_logits.bias
+    sd._metadata = {"": {"version": 1}}
+    tv.load_state_dict(sd)
+    assert set(tv.state_dict()) == {k[len("rpn.head.") :] for k in new} | {
+        "bbox_pred.weight",
+        "bbox_pred.bias",
+        "cls_logits.bias",
+    }
+    assert float(tv.conv[0][0].weight.detach().sum()) == C * C * 9

@@ -68,6 +68,21 @@ class RPNHead(Module):
                 m.weight = Parameter(rng.normal(0.0, 0.01, m.weight.shape).astype(m.weight.dtype))
                 m.bias = Parameter(np.zeros(m.bias.shape, dtype=m.bias.dtype))
 
+    @staticmethod
+    def convert_old_keys(state_dict: dict, prefix: str = "") -> dict:
+        """``{prefix}conv.weight|bias`` -> ``{prefix}conv.0.0.weight|bias``.
+
+        torchvision's checkpoints saved before RPNHead version 2 (the COCO Mask R-CNN v1 weights
+        among them) use the old keys; torchvision renames them while loading, so must we.
+        """
+        out = {}
+        for k, v in state_dict.items():
+            for kind in ("weight", "bias"):
+                if k == f"{prefix}conv.{kind}":
+                    k = f"{prefix}conv.0.0.{kind}"
+            out[k] = v
+        return out
+
     def forward(self, x: list) -> tuple[list, list]:
         """L maps (N, C, Hl, Wl) -> (L logits (N, A, Hl, Wl), L deltas (N, 4A, Hl, Wl))."""
         logits, bbox_reg = [], []
