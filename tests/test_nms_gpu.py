@@ -69,12 +69,14 @@ def test_batched_nms_matches_torchvision(backend, arrays, rng):
 
 
 def test_cupy_matches_torchvision_cuda_away_from_the_threshold_corner(rng):
-    """torchvision's own CUDA nms agrees too (it compares in float32; random data never sits on
-    the one-ulp corner where that matters)."""
+    """torchvision's own CUDA nms agrees too. It compares in float32 and may fuse w * h into an
+    FMA, so it can differ from the spec when an IoU sits within an ulp of the threshold: with
+    threshold 0.5 (exact in float32) and 1500 boxes (~2e5 overlapping pairs) the chance of such
+    a pair is ~1e-3."""
     import cupy
 
-    boxes, scores = random_boxes(rng, 4000), rng.random(4000).astype(np.float32)
-    ref = torchvision.ops.nms(torch.from_numpy(boxes).cuda(), torch.from_numpy(scores).cuda(), 0.6)
-    ours = nms(cupy.asarray(boxes), cupy.asarray(scores), 0.6, backend="cupy")
+    boxes, scores = random_boxes(rng, 1500), rng.random(1500).astype(np.float32)
+    ref = torchvision.ops.nms(torch.from_numpy(boxes).cuda(), torch.from_numpy(scores).cuda(), 0.5)
+    ours = nms(cupy.asarray(boxes), cupy.asarray(scores), 0.5, backend="cupy")
     np.testing.assert_array_equal(cupy.asnumpy(ours), ref.cpu().numpy())
-    np.testing.assert_array_equal(cupy.asnumpy(ours), tv_nms(boxes, scores, 0.6))
+    np.testing.assert_array_equal(cupy.asnumpy(ours), tv_nms(boxes, scores, 0.5))
