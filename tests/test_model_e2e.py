@@ -171,9 +171,13 @@ def test_proposals(stages):
 
 
 def test_detections_and_masks(stages):
-    r, o = stages["ref"], stages["ours"]
+    _check_final(stages["images"], stages["ref"]["final"], stages["ours"]["final"])
+
+
+def _check_final(images, ref_final, our_final):
+    """Our final results (NumPy) against torchvision's, with the tolerances explained below."""
     total = 0
-    for img, want, got in zip(stages["images"], r["final"], o["final"], strict=True):
+    for img, want, got in zip(images, ref_final, our_final, strict=True):
         h, w = img.shape[-2:]
         assert set(got) == {"boxes", "labels", "scores", "masks"}
         assert got["boxes"].dtype == np.float32 and got["scores"].dtype == np.float32
@@ -204,7 +208,7 @@ def test_detections_and_masks(stages):
         assert union == 0 or inter / union > 0.97
     # the weights were scaled so that the comparison is about something
     assert total >= 5
-    masks = np.concatenate([d["masks"].ravel() for d in r["final"]])
+    masks = np.concatenate([d["masks"].ravel() for d in ref_final])
     assert (masks > 0.5).mean() > 0.001 and (masks[masks > 0] < 0.5).mean() > 0.1
 
 
@@ -231,3 +235,37 @@ def test_training_mode_needs_targets(models):
             ours([np.zeros((3, 40, 50), np.float32)])
     finally:
         ours.eval()
+
+
+def test_builder_with_torchvision_weights_is_frozen_like_torchvision_coco(models):
+    ref, _ = models
+    from minimaskrcnn import nn
+
+    sd = {k: v.numpy() for k, v in ref.state_dict().items()}  # a BatchNorm model's state dict
+    m = maskrcnn_resnet50_fpn(weights=sd, **SMALL)
+    norms = [x for x in m.modules() if isinstance(x, (nn.FrozenBatchNorm2d, nn.BatchNorm2d))]
+    # torchvision builds FrozenBatchNorm2d around pretrained weights and sets eps 0 for COCO_V1
+    assert norms and all(isinstance(x, nn.FrozenBatchNorm2d) and x.eps == 0.0 for x in norms)
+    np.testing.assert_array_equal(
+        m.state_dict()["backbone.body.layer3.2.bn2.running_var"],
+        sd["backbone.body.layer3.2.bn2.running_var"],
+    )
+    # 3 trainable stages, as torchvision's default with weights
+    assert not m.backbone.body.layer1[0].conv1.weight.requires_grad
+    assert m.backbone.body.layer2[0].conv1.weight.requires_grad
+
+
+@pytest.mark.gpu
+def test_model_on_cupy_matches_torchvision(models, stages):
+    """model.to("cupy") once; NumPy images are moved to the GPU; every kernel follows the arrays."""
+    import cupy
+
+    _, ours = models
+    gpu = maskrcnn_resnet50_fpn(norm_layer="batchnorm", **SMALL).eval()
+    gpu.load_state_dict(ours.state_dict())
+    gpu.to("cupy")
+    out = gpu(stages["images"])
+    assert all(isinstance(v, cupy.ndarray) for d in out for v in d.values())
+    out = [{k: cupy.asnumpy(v) for k, v in d.items()} for d in out]
+    # the GPU kernels sum in yet another order; the tolerances of the CPU comparison hold
+    _check_final(stages["images"], stages["ref"]["final"], out)

@@ -43,18 +43,7 @@ def _rel_err(ours, ref):
 
 
 # ============================================================================ state dicts
-@pytest.mark.parametrize("norm", ["batchnorm", "frozen"])
-def test_backbone_state_dict_keys_match_torchvision(norm):
-    torch_norm = torch.nn.BatchNorm2d if norm == "batchnorm" else tv_misc.FrozenBatchNorm2d
-    ref = tv_backbone.resnet_fpn_backbone(
-        backbone_name="resnet50", weights=None, norm_layer=torch_norm
-    )
-    ours = fpn.resnet_fpn_backbone("resnet50", norm_layer=norm)
-    ref_sd, our_sd = ref.state_dict(), ours.state_dict()
-    assert list(our_sd) == list(ref_sd)  # same keys, same order
-    for k in ref_sd:
-        assert tuple(np.shape(our_sd[k])) == tuple(ref_sd[k].shape), k
-    assert ("body.bn1.num_batches_tracked" in our_sd) == (norm == "batchnorm")
+# (state-dict keys of the backbone are checked with the whole model's, at the end)
 
 
 def test_frozen_backbone_loads_a_batchnorm_state_dict():
@@ -107,7 +96,7 @@ def test_resnet_body_features_match_torchvision(name, norm):
         {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
     ).eval()
     ours.load_state_dict(_np_state(ref))
-    x = np.random.default_rng(1).standard_normal((2, 3, 64, 96)).astype(np.float32)
+    x = np.random.default_rng(1).standard_normal((1, 3, 64, 96)).astype(np.float32)
     with torch.no_grad():
         want = {k: v.numpy() for k, v in ref(torch.from_numpy(x)).items()}
     with no_grad():
@@ -153,7 +142,11 @@ SIZES = [(37, 53), (100, 150), (61, 47), (333, 500), (20, 130), (480, 640)]
 def test_transform_output_sizes_match_torchvision():
     ours = transform.GeneralizedRCNNTransform(113, 197, MEAN, STD).eval()
     ref = _tv_transform(113, 197).eval()
-    for h, w in SIZES + [(h, w) for h in range(90, 110) for w in (150, 151, 199)]:
+    # (10, 38), (10, 304): eager torchvision computes the scale in float64 (197 wide); the float32
+    # computation of its scripted/traced path would give 196 -- these sizes tell the two apart
+    for h, w in (
+        SIZES + [(10, 38), (10, 304)] + [(h, w) for h in range(90, 110) for w in (150, 199)]
+    ):
         img = torch.zeros(3, h, w)
         want = tuple(ref.resize(img)[0].shape[-2:])
         assert ours.output_size(h, w) == want, (h, w)
