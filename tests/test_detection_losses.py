@@ -43,7 +43,7 @@ from minimaskrcnn.models.roi_heads import (
     maskrcnn_loss,
 )
 from minimaskrcnn.models.rpn import RegionProposalNetwork, RPNHead
-from minimaskrcnn.tensor import Tensor
+from minimaskrcnn.tensor import Tensor, no_grad
 
 C, NC = 4, 5
 NAMES = ["0", "1", "2", "3"]
@@ -416,3 +416,55 @@ def test_training_losses_on_cupy_match_torchvision(rng, same_samples):
     tparams = dict(tv_heads.named_parameters())
     for name, p in heads.named_parameters():
         _close(to_numpy(p.grad), tparams[name].grad, f"grad {name}", rtol=1e-4, atol=1e-6)
+
+
+def test_full_maskrcnn_training_losses_match_torchvision(rng, same_samples):
+    """The whole model in training mode (transform, ResNet-50-FPN with BatchNorm2d as built
+    without pretrained weights, RPN, RoI heads) gives torchvision's loss dict when both draw the
+    same samples.
+
+    Gradients are compared per module above, on identical inputs. Through the whole randomly
+    initialised network they say little: train-mode BatchNorm over 3x4 maps makes it so
+    ill-conditioned that torchvision's own float32 and float64 gradients differ by 1% (heads) to
+    26% (layer4) here, and ours differ from torchvision's by as much."""
+    from torchvision.models.detection import maskrcnn_resnet50_fpn as tv_maskrcnn
+
+    from minimaskrcnn.models import maskrcnn_resnet50_fpn
+
+    torch.manual_seed(0)
+    kw = dict(
+        min_size=96,
+        max_size=128,
+        rpn_pre_nms_top_n_train=200,
+        rpn_post_nms_top_n_train=100,
+        box_batch_size_per_image=64,
+    )
+    tv = tv_maskrcnn(weights=None, weights_backbone=None, num_classes=NC, **kw).train()
+    ours = maskrcnn_resnet50_fpn(num_classes=NC, **kw).train()
+    ours.load_state_dict({k: v.numpy() for k, v in tv.state_dict().items()})
+    ours.rpn.fg_bg_sampler.permutation = same_samples  # the RPN draws first, then the heads
+    ours.roi_heads.fg_bg_sampler.permutation = same_samples
+    images = [rng.uniform(0, 1, (3, 96, 120)).astype(np.float32)]
+    masks = np.zeros((2, 96, 120), np.uint8)
+    masks[0, 10:50, 20:70] = 1
+    masks[1, 40:90, 60:110] = 1
+    targets = [
+        {
+            "boxes": np.array([[20, 10, 70, 50], [60, 40, 110, 90]], np.float32),
+            "labels": np.array([1, 3], np.int64),
+            "masks": masks,
+        }
+    ]
+    with backends.use("cpu"), no_grad():
+        losses = ours(images, targets)
+    with torch.no_grad():
+        tlosses = tv([_t(i) for i in images], _torch_targets(targets))
+    assert (
+        set(losses)
+        == set(tlosses)
+        == {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"}
+    )
+    for k in losses:
+        # FPN features agree to ~1e-4 of their range (float32 ResNet-50, train-mode BN); the
+        # losses, means over the same samples, to ~3e-5.
+        _close(losses[k], tlosses[k], k, rtol=3e-4)
