@@ -269,3 +269,72 @@ def test_model_on_cupy_matches_torchvision(models, stages):
     out = [{k: cupy.asnumpy(v) for k, v in d.items()} for d in out]
     # the GPU kernels sum in yet another order; the tolerances of the CPU comparison hold
     _check_final(stages["images"], stages["ref"]["final"], out)
+
+
+def _small_model(**kw):
+    """ResNet-18-FPN with narrow heads: the training-mode wiring without ResNet-50's cost."""
+    from minimaskrcnn.models.fpn import resnet_fpn_backbone
+    from minimaskrcnn.models.mask_rcnn import (
+        FastRCNNPredictor,
+        MaskRCNN,
+        MaskRCNNHeads,
+        MaskRCNNPredictor,
+        TwoMLPHead,
+    )
+
+    bb = resnet_fpn_backbone("resnet18", norm_layer="frozen", trainable_layers=3, seed=0)
+    return MaskRCNN(
+        bb,
+        None,
+        box_head=TwoMLPHead(256 * 49, 32),
+        box_predictor=FastRCNNPredictor(32, 3),
+        mask_head=MaskRCNNHeads(256, [16], 1),
+        mask_predictor=MaskRCNNPredictor(16, 16, 3),
+        min_size=64,
+        max_size=96,
+        rpn_batch_size_per_image=32,
+        box_batch_size_per_image=32,
+        **kw,
+    )
+
+
+def test_training_mode_returns_torchvisions_loss_keys_and_gradients():
+    model = _small_model().train()
+    rng = np.random.default_rng(0)
+    masks = np.zeros((2, 60, 80), np.uint8)
+    masks[0, 10:40, 5:50] = 1
+    masks[1, 30:55, 40:75] = 1
+    target = {
+        "boxes": np.array([[5, 10, 50, 40], [40, 30, 75, 55]], np.float32),
+        "labels": np.array([1, 2], np.int64),
+        "masks": masks,
+    }
+    losses = model([rng.random((3, 60, 80), dtype=np.float32)], [target])
+    assert set(losses) == {
+        "loss_classifier",
+        "loss_box_reg",
+        "loss_mask",
+        "loss_objectness",
+        "loss_rpn_box_reg",
+    }
+    total = sum(losses.values())
+    assert np.isfinite(float(total.data))
+    total.backward()
+    body = model.backbone.body
+    assert (
+        body.layer4[0].conv1.weight.grad is not None
+        and np.abs(body.layer4[0].conv1.weight.grad).sum() > 0
+    )
+    assert body.conv1.weight.grad is None  # frozen stage: requires_grad False, as torchvision
+    assert model.roi_heads.mask_predictor.mask_fcn_logits.weight.grad is not None
+
+
+def test_training_mode_rejects_degenerate_boxes():
+    model = _small_model().train()
+    target = {
+        "boxes": np.array([[5, 10, 5, 40]], np.float32),
+        "labels": np.array([1], np.int64),
+        "masks": np.zeros((1, 60, 80), np.uint8),
+    }
+    with pytest.raises(ValueError, match=r"positive height and width.*\[5.0, 10.0"):
+        model([np.zeros((3, 60, 80), np.float32)], [target])

@@ -313,3 +313,26 @@ def test_fasterrcnn_state_dict_keys_match_torchvision():
 
     ref = torchvision.models.detection.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None)
     assert sorted(fasterrcnn_resnet50_fpn().state_dict()) == sorted(ref.state_dict())
+
+
+def test_returned_layers_subset_matches_torchvision():
+    torch.manual_seed(0)
+    ref = tv_backbone.resnet_fpn_backbone(
+        backbone_name="resnet34",
+        weights=None,
+        norm_layer=tv_misc.FrozenBatchNorm2d,
+        returned_layers=[2, 3, 4],
+    ).eval()
+    ours = fpn.resnet_fpn_backbone(
+        "resnet34", norm_layer="frozen", returned_layers=[2, 3, 4]
+    ).eval()
+    assert sorted(ours.state_dict()) == sorted(ref.state_dict())
+    ours.load_state_dict(_np_state(ref))
+    x = np.random.default_rng(3).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    with torch.no_grad():
+        want = {k: v.numpy() for k, v in ref(torch.from_numpy(x)).items()}
+    with no_grad():
+        got = ours(x)
+    assert list(got) == list(want) == ["0", "1", "2", "pool"]
+    for k in want:
+        assert _rel_err(got[k], want[k]) < 1e-4, k  # as the other feature tests

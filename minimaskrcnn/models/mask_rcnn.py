@@ -98,17 +98,18 @@ class GeneralizedRCNN(Module):
 
     def _forward(self, images, targets):
         original_image_sizes = [tuple(img.shape[-2:]) for img in images]
-        image_list, targets = self.transform(images, targets)
         if targets is not None:
+            # torchvision checks after resizing; checking before reports the box the user gave
             for i, t in enumerate(targets):
-                boxes = _data(t["boxes"])
+                boxes = np.asarray(backends.to_numpy(_data(t["boxes"])))
                 bad = (boxes[:, 2:] <= boxes[:, :2]).any(axis=1)
                 if bad.any():
-                    b = boxes[int(np.flatnonzero(backends.to_numpy(bad))[0])].tolist()
+                    b = boxes[int(np.flatnonzero(bad)[0])].tolist()
                     raise ValueError(
                         f"{type(self).__name__}: all boxes need positive height and width; "
                         f"found invalid box {b} for target at index {i}"
                     )
+        image_list, targets = self.transform(images, targets)
         features = self.backbone(image_list.tensors)  # {'0': (N, C, H/4, W/4), ..., 'pool'}
         proposals, proposal_losses = self.rpn(image_list, features, targets)  # N x (P, 4)
         detections, detector_losses = self.roi_heads(
