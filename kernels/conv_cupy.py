@@ -64,6 +64,8 @@ def _implicit_gemm(version, dgrad, src, a, out, geom):
     """Versions 3 and 4: out (N, G*Mg, P) = A (G*Mg, K) @ B gathered from src (see conv.cu)."""
     g, mg, _, p = geom[:4]
     n = out.shape[0]
+    if a.data.ptr % 16:  # version 4 reads weight rows as float4: needs a 16-byte aligned base
+        a = a.copy()
     kind = "dgrad" if dgrad else "fwd"
     if version == 3:
         grid = (math.ceil(p / TS), math.ceil(mg / TS), n * g)
