@@ -72,11 +72,12 @@ def _build(F):
     @cuda.jit(device=True)
     def corners(y, x, H, W):
         """valid, y_low, y_high, x_low, x_high, hy, ly, hx, lx of one sample."""
-        if not (y >= -1.0 and y <= H and x >= -1.0 and x <= W):  # NaN: outside
+        # compared in F: an int or a float64 literal here would promote y to float64 on the GPU
+        if not (y >= F(-1) and y <= F(H) and x >= F(-1) and x <= F(W)):  # NaN: outside
             return False, 0, 0, 0, 0, F(0), F(0), F(0), F(0)
-        if y <= 0:
+        if y <= F(0):
             y = F(0)
-        if x <= 0:
+        if x <= F(0):
             x = F(0)
         y_low = int(y)
         x_low = int(x)
