@@ -39,8 +39,8 @@ def random_rois(rng, n_images, H, W, K, scale=1.0, dtype=np.float32):
     kinds = rng.integers(0, 6, K)
     x1 = rng.uniform(-0.2 * w, w, K)
     y1 = rng.uniform(-0.2 * h, h, K)
-    bw = rng.uniform(0.5, 0.6 * w, K)
-    bh = rng.uniform(0.5, 0.6 * h, K)
+    bw = rng.uniform(0.5, max(0.6 * w, 1.0), K)
+    bh = rng.uniform(0.5, max(0.6 * h, 1.0), K)
     # 1: zero-size, 2: sub-pixel, 3: huge, 4: far outside, 5: reversed
     bw = np.select([kinds == 1, kinds == 2, kinds == 3, kinds == 5], [0 * bw, bw * 0.1 / scale / w,
                    3 * w + bw, -0.3 * bw], bw)
