@@ -89,10 +89,16 @@ def main(argv=None) -> int:
         help="'coco' or a file of class names (default: COCO for 91-class weights, else numbers)",
     )
     p.add_argument(
-        "--min-size", type=int, default=800, help="the transform's min_size (default 800)"
+        "--min-size",
+        type=int,
+        default=None,
+        help="the transform's min_size (default: 800, or the checkpoint config's)",
     )
     p.add_argument(
-        "--max-size", type=int, default=1333, help="the transform's max_size (default 1333)"
+        "--max-size",
+        type=int,
+        default=None,
+        help="the transform's max_size (default: 1333, or the checkpoint config's)",
     )
     p.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="gpu: CuPy kernels")
     p.add_argument("--json", default=None, help="also write the detections to this JSON file")
@@ -116,16 +122,31 @@ def main(argv=None) -> int:
     from .models.mask_rcnn import maskrcnn_from_state_dict
     from .visualize import label_name, save_detections
 
+    meta = {}
     try:
         state = load_weights(args.weights)
-        model = maskrcnn_from_state_dict(state, min_size=args.min_size, max_size=args.max_size)
+        if "__meta__" in state:  # a checkpoint of `minimaskrcnn train`: its config builds the model
+            from .checkpoint import load_checkpoint, load_model_weights
+
+            model, _ = load_model_weights(args.weights)
+            meta = load_checkpoint(args.weights)["meta"]
+        else:  # a plain state dict (torchvision's, or save_weights'): the keys say the shape
+            model = maskrcnn_from_state_dict(state)
     except (FileNotFoundError, ValueError, ImportError) as e:
         print(f"minimaskrcnn predict: {e}", file=sys.stderr)
         return 2
+    # torchvision's defaults (800, 1333) for plain weights; a checkpoint keeps its config's
+    if args.min_size is not None:
+        model.transform.min_size = (args.min_size,)
+    if args.max_size is not None:
+        model.transform.max_size = args.max_size
     if args.device == "gpu":
         model.to("cupy")
     num_classes = model.roi_heads.box_predictor.cls_score.out_features
-    names = read_class_names(args.classes, num_classes)
+    if args.classes is None and meta.get("class_names"):
+        names = list(meta["class_names"])  # the data set's names, saved by the trainer
+    else:
+        names = read_class_names(args.classes, num_classes)
 
     t0 = time.perf_counter()
     result = model([image])[0]

@@ -161,3 +161,23 @@ def test_class_name_files(tmp_path):
     )
     # contiguous labels as minimaskrcnn.data.CocoDataset gives them: categories sorted by id
     assert predict.read_class_names(str(p), 3) == ["__background__", "circle", "square"]
+
+
+def test_predict_with_a_training_checkpoint_uses_its_config_and_names(files, tmp_path, capsys):
+    from minimaskrcnn import checkpoint, configs
+
+    d, _ = files
+    name = "tiny" if "tiny" in configs.CONFIGS else sorted(configs.CONFIGS)[0]
+    model = configs.build(name, num_classes=3, seed=0)
+    path = tmp_path / "ckpt.npz"
+    checkpoint.save_checkpoint(
+        path, model, config=name, num_classes=3, class_names=["__background__", "circle", "square"]
+    )
+    out = tmp_path / "ck.png"
+    rc = predict.main(
+        [str(d / "photo.png"), "--weights", str(path), "--out", str(out), "--score-thresh", "0.0"]
+    )
+    assert rc == 0 and out.exists()
+    lines = capsys.readouterr().out.splitlines()[1:]
+    assert lines  # 3 classes: random scores ~1/3 pass box_score_thresh 0.05
+    assert all(line.split()[0] in ("circle", "square") for line in lines)  # the saved names
