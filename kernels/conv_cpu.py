@@ -23,6 +23,13 @@ What changes against the reference, and why:
   contiguous, so the destination is a strided view BLAS accepts without a copy).
 * **1x1 convolutions skip im2col**: stride 1, no padding -> the image (C, H*W) *is* the column
   matrix; stride s -> one strided copy (C, OH, OW). These are half of ResNet-50's convolutions.
+* **Not done, measured**: Winograd F(2x2, 3x3) (2.25x fewer multiplies for 3x3 stride-1 layers)
+  was implemented with Numba transforms and 16 batched sgemms (O, C) @ (C, tiles) and was
+  1.1-4x *slower* than this path on every ResNet-50-FPN 3x3 shape on the 2-core test machine:
+  the transforms cost as much as the saved flops, and 16 GEMMs with K = C run at a lower
+  GFLOP/s than one with K = 9C. What remains between this path and torch's CPU convolution
+  (oneDNN, 1.5-4x faster on 3x3 layers here) is BLAS's sgemm itself: alone, on the same
+  columns, it reaches ~40-50 GFLOP/s where oneDNN's convolution reaches 75-145.
 * **Backward**: grad_input = weight^T (K, Og) @ grad_out chunk, then col2im in Numba, parallel
   over (image, channel) planes (each thread owns whole planes, so the += have no races; the
   valid column range of each tap is computed once per row, so the inner loop has no branch);
