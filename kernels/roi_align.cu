@@ -3,7 +3,7 @@
 // See the reference in kernels/roi_align_numpy.py: its docstring is the spec, with every
 // torchvision rule. Shapes: N images, C channels, H x W map, K RoIs, PH x PW output.
 //
-// Version 1 (the only one here; torchvision's CUDA kernel has the same plan):
+// Version 1 (torchvision's CUDA kernel has the same plan; the op's default):
 //   forward:  one thread per output element (k, c, ph, pw), a grid-stride loop over them. Each
 //             thread recomputes its RoI's geometry (a few flops), loops over its GH x GW samples,
 //             4 gathers each. Consecutive threads are consecutive pw, so a warp's gathers fall on
@@ -12,7 +12,9 @@
 //   backward: one thread per grad_out element; each sample does 4 atomicAdd into grad_input
 //             (zeroed by the caller). Float atomics commute only up to rounding, so the gradient
 //             is not bit-reproducible between runs (as torchvision's).
-// Every float is the template type T (float or double); extern "C" entry points per dtype.
+// Version 2 (forward only) is described above forward_v2 below: a shared-memory sample table
+// per RoI. Every float is the template type T (float or double); extern "C" entry points per
+// dtype and version.
 
 template <typename T>
 __device__ int grid_size(T v) {
@@ -115,6 +117,92 @@ __device__ void forward(const T* __restrict__ input, const T* __restrict__ rois,
   }
 }
 
+// Version 2 (forward only): one block per (RoI k, chunk of CHANNELS_V2 channels). The block
+// builds the RoI's sample table (4 indices + 4 bilinear weights per sample, torchvision's CPU
+// "pre_calc") in shared memory once, syncs, then each thread sums bins from the table: the
+// geometry and weights are computed once per RoI instead of once per output. A table bigger than
+// MAX_SAMPLES (large adaptive grids) falls back to version 1's loop inside the same block.
+#define MAX_SAMPLES 784  // 14 x 14 bins x 2 x 2 samples; 784 * (16 + 32) B = 37.6 KB for double
+#define CHANNELS_V2 64
+
+template <typename T>
+__device__ void forward_v2(const T* __restrict__ input, const T* __restrict__ rois, T scale,
+                           int C, int H, int W, int PH, int PW, int sampling_ratio, bool aligned,
+                           T* __restrict__ out) {
+  __shared__ int idx[MAX_SAMPLES][4];  // y_low * W + x_low, y_low * W + x_high, ...
+  __shared__ T wts[MAX_SAMPLES][4];    // hy * hx, hy * lx, ly * hx, ly * lx
+  int k = blockIdx.x;
+  int c0 = blockIdx.y * CHANNELS_V2;
+  const T* roi = rois + 5 * (long long)k;
+  int b = (int)roi[0];
+  Geometry<T> g = geometry(roi, scale, PH, PW, sampling_ratio, aligned);
+  int per_bin = g.gh * g.gw;
+  int n_bins = PH * PW;
+  int n_chan = C - c0 < CHANNELS_V2 ? C - c0 : CHANNELS_V2;
+  int n_out = n_chan * n_bins;
+  T count = (T)(per_bin > 1 ? per_bin : 1);
+  if ((long long)n_bins * per_bin <= MAX_SAMPLES) {  // block-uniform: __syncthreads is safe
+    for (int s = threadIdx.x; s < n_bins * per_bin; s += blockDim.x) {
+      int ix = s % g.gw;
+      int iy = (s / g.gw) % g.gh;
+      int pw = (s / per_bin) % PW;
+      int ph = s / (per_bin * PW);
+      T y = g.y1 + (T)ph * g.bin_h + ((T)iy + (T)0.5) * g.bin_h / (T)g.gh;
+      T x = g.x1 + (T)pw * g.bin_w + ((T)ix + (T)0.5) * g.bin_w / (T)g.gw;
+      int yl, yh, xl, xh;
+      T hy, ly, hx, lx;
+      if (corners(y, x, H, W, yl, yh, xl, xh, hy, ly, hx, lx)) {
+        idx[s][0] = yl * W + xl;
+        idx[s][1] = yl * W + xh;
+        idx[s][2] = yh * W + xl;
+        idx[s][3] = yh * W + xh;
+        wts[s][0] = hy * hx;
+        wts[s][1] = hy * lx;
+        wts[s][2] = ly * hx;
+        wts[s][3] = ly * lx;
+      } else {  // pixel 0 with weight 0, as torchvision's table
+        idx[s][0] = idx[s][1] = idx[s][2] = idx[s][3] = 0;
+        wts[s][0] = wts[s][1] = wts[s][2] = wts[s][3] = (T)0;
+      }
+    }
+    __syncthreads();
+    for (int j = threadIdx.x; j < n_out; j += blockDim.x) {  // neighbours: neighbouring bins
+      int c = c0 + j / n_bins;
+      int bin = j % n_bins;
+      const T* plane = input + ((long long)b * C + c) * H * W;
+      T acc = (T)0;
+      for (int s = bin * per_bin; s < (bin + 1) * per_bin; ++s) {
+        acc += wts[s][0] * plane[idx[s][0]] + wts[s][1] * plane[idx[s][1]] +
+               wts[s][2] * plane[idx[s][2]] + wts[s][3] * plane[idx[s][3]];
+      }
+      out[((long long)k * C + c) * n_bins + bin] = acc / count;
+    }
+  } else {
+    for (int j = threadIdx.x; j < n_out; j += blockDim.x) {
+      int c = c0 + j / n_bins;
+      int ph = (j % n_bins) / PW;
+      int pw = j % PW;
+      const T* plane = input + ((long long)b * C + c) * H * W;
+      T acc = (T)0;
+      for (int iy = 0; iy < g.gh; ++iy) {
+        T y = g.y1 + (T)ph * g.bin_h + ((T)iy + (T)0.5) * g.bin_h / (T)g.gh;
+        for (int ix = 0; ix < g.gw; ++ix) {
+          T x = g.x1 + (T)pw * g.bin_w + ((T)ix + (T)0.5) * g.bin_w / (T)g.gw;
+          int yl, yh, xl, xh;
+          T hy, ly, hx, lx;
+          if (corners(y, x, H, W, yl, yh, xl, xh, hy, ly, hx, lx)) {
+            acc += (hy * hx) * plane[yl * W + xl] + (hy * lx) * plane[yl * W + xh] +
+                   (ly * hx) * plane[yh * W + xl] + (ly * lx) * plane[yh * W + xh];
+          } else {
+            acc += (T)0 * plane[0];
+          }
+        }
+      }
+      out[((long long)k * C + c) * n_bins + ph * PW + pw] = acc / count;
+    }
+  }
+}
+
 template <typename T>
 __device__ void backward(const T* __restrict__ grad_out, const T* __restrict__ rois, T scale,
                          int C, int H, int W, int K, int PH, int PW, int sampling_ratio,
@@ -177,4 +265,20 @@ extern "C" __global__ void roi_align_backward_f64(const double* grad_out, const 
                                                   double* grad_in) {
   backward<double>(grad_out, rois, scale, C, H, W, K, PH, PW, sampling_ratio, aligned != 0,
                    grad_in);
+}
+
+extern "C" __global__ void roi_align_forward_v2_f32(const float* input, const float* rois,
+                                                    float scale, int C, int H, int W, int K,
+                                                    int PH, int PW, int sampling_ratio,
+                                                    int aligned, float* out) {
+  (void)K;  // the grid has one row of blocks per RoI
+  forward_v2<float>(input, rois, scale, C, H, W, PH, PW, sampling_ratio, aligned != 0, out);
+}
+
+extern "C" __global__ void roi_align_forward_v2_f64(const double* input, const double* rois,
+                                                    double scale, int C, int H, int W, int K,
+                                                    int PH, int PW, int sampling_ratio,
+                                                    int aligned, double* out) {
+  (void)K;
+  forward_v2<double>(input, rois, scale, C, H, W, PH, PW, sampling_ratio, aligned != 0, out);
 }

@@ -1,7 +1,7 @@
 """RoIAlign, CUDA C kernels (kernels/roi_align.cu) launched through CuPy.
 
 See the reference in kernels/roi_align_numpy.py (the spec) and the header of roi_align.cu (what
-version 1 does on the GPU). This file only picks the kernel for the dtype, allocates the output
+versions 1 and 2 do on the GPU). This file only picks the kernel for the dtype, allocates the output
 (zeroed: the backward accumulates into it with atomicAdd) and launches. Arrays must be CuPy
 arrays (the op checks this: NumPy input with backend="cupy" is an error).
 
@@ -16,6 +16,8 @@ from ._cupy_loader import kernel
 
 THREADS = 256
 MAX_BLOCKS = 65536  # the kernels loop grid-stride over the rest
+CHANNELS_V2 = 64  # as #define CHANNELS_V2 in roi_align.cu: version 2's grid is (K, C / 64)
+VERSION = 1  # the forward the op uses; tests and the benchmark also run version 2
 
 
 def _launch(name, dtype, n, args):
@@ -24,8 +26,9 @@ def _launch(name, dtype, n, args):
     kernel("roi_align.cu", f"{name}_{suffix}")((blocks,), (THREADS,), args)
 
 
-def forward(input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned):
-    """input (N, C, H, W) CuPy, rois (K, 5) -> (K, C, PH, PW) CuPy."""
+def forward(input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned,
+            version=None):
+    """input (N, C, H, W) CuPy, rois (K, 5) -> (K, C, PH, PW) CuPy (kernel version 1 or 2)."""
     import cupy
 
     N, C, H, W = input.shape
@@ -34,10 +37,15 @@ def forward(input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, alig
     if out.size:
         T = input.dtype.type
         i32 = np.int32
-        _launch("roi_align_forward", input.dtype, out.size,
-                (cupy.ascontiguousarray(input), cupy.ascontiguousarray(rois), T(spatial_scale),
-                 i32(C), i32(H), i32(W), i32(K), i32(pooled_h), i32(pooled_w),
-                 i32(sampling_ratio), i32(bool(aligned)), out))
+        args = (cupy.ascontiguousarray(input), cupy.ascontiguousarray(rois), T(spatial_scale),
+                i32(C), i32(H), i32(W), i32(K), i32(pooled_h), i32(pooled_w),
+                i32(sampling_ratio), i32(bool(aligned)), out)
+        if (version or VERSION) == 2:
+            suffix = "f32" if input.dtype == np.float32 else "f64"
+            grid = (K, (C + CHANNELS_V2 - 1) // CHANNELS_V2)
+            kernel("roi_align.cu", f"roi_align_forward_v2_{suffix}")(grid, (THREADS,), args)
+        else:
+            _launch("roi_align_forward", input.dtype, out.size, args)
     return out
 
 

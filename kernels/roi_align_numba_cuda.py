@@ -2,11 +2,17 @@
 
 See the reference in kernels/roi_align_numpy.py (its docstring is the spec). What changes here:
 
-* Version 1 (the only one, as torchvision's CUDA kernel): **one thread per output element**
+* Version 1 (as torchvision's CUDA kernel): **one thread per output element**
   (k, c, ph, pw). Each thread recomputes its RoI's geometry (a handful of flops, cheaper than a
   second launch or a table in global memory), loops over its GH x GW samples and does 4 gathers
   per sample. No shared memory: neighbouring threads (consecutive pw) read neighbouring pixels, so
   the gathers of a warp mostly hit the same cache lines.
+* Version 2 (forward only): **one block per (RoI, chunk of CHANNELS_V2 channels)**. The block
+  first fills a shared-memory table of the RoI's samples (4 indices, 4 weights each: the GPU
+  analogue of torchvision's CPU pre-calculation), syncs, then each thread sums bins from the
+  table, so the geometry and bilinear weights are computed once per RoI instead of once per
+  channel. RoIs whose table exceeds MAX_SAMPLES (big adaptive grids) use version 1's loop in
+  the same block. The op uses ``VERSION``; the tests and ``bench roi`` run both.
 * Backward: one thread per element of grad_out; each sample adds its 4 weighted gradients with
   ``cuda.atomic.add`` (several outputs touch one pixel). Float atomics run in any order, so the
   gradient is not bit-reproducible run to run (torchvision's CUDA backward has the same property).
@@ -32,6 +38,11 @@ from numba import cuda
 from minimaskrcnn import backends
 
 THREADS = 128  # per block; the simulator runs one Python thread per CUDA thread
+# version 2: shared-memory table of up to MAX_SAMPLES samples (14 x 14 bins x 2 x 2 samples: the
+# mask head) per block of one RoI and CHANNELS_V2 channels; 784 * (4 int32 + 4 float64) = 37.6 KB
+MAX_SAMPLES = 784
+CHANNELS_V2 = 64
+VERSION = 1  # the forward the op uses; tests and the benchmark also run version 2
 
 
 @lru_cache(maxsize=None)
@@ -124,6 +135,69 @@ def _build(F):
         out[k, c, ph, pw] = acc / F(max(gh * gw, 1))
 
     @cuda.jit
+    def forward_kernel_v2(input, rois, scale, PH, PW, sampling_ratio, aligned, out):
+        # block (k, channel chunk): the RoI's sample table is built once in shared memory
+        k = cuda.blockIdx.x
+        c0 = cuda.blockIdx.y * CHANNELS_V2
+        t = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        C = out.shape[1]
+        H, W = input.shape[2], input.shape[3]
+        idx = cuda.shared.array((MAX_SAMPLES, 4), numba.int32)  # y_low, y_high, x_low, x_high
+        wts = cuda.shared.array((MAX_SAMPLES, 4), F)  # hy*hx, hy*lx, ly*hx, ly*lx
+        b = int(rois[k, 0])
+        y1, x1, bin_h, bin_w, gh, gw = geometry(rois, k, scale, PH, PW, sampling_ratio, aligned)
+        g = gh * gw
+        n_bins = PH * PW
+        n_out = min(CHANNELS_V2, C - c0) * n_bins
+        count = F(max(g, 1))
+        if n_bins * g <= MAX_SAMPLES:  # the same for the whole block: syncthreads is safe
+            for s in range(t, n_bins * g, nt):  # sample s = ((ph * PW + pw) * GH + iy) * GW + ix
+                ix = s % gw
+                iy = (s // gw) % gh
+                pw = (s // g) % PW
+                ph = s // (g * PW)
+                y = y1 + F(ph) * bin_h + (F(iy) + F(0.5)) * bin_h / F(gh)
+                x = x1 + F(pw) * bin_w + (F(ix) + F(0.5)) * bin_w / F(gw)
+                ok, yl, yh, xl, xh, hy, ly, hx, lx = corners(y, x, H, W)
+                if ok:
+                    idx[s, 0], idx[s, 1], idx[s, 2], idx[s, 3] = yl, yh, xl, xh
+                    wts[s, 0], wts[s, 1] = hy * hx, hy * lx
+                    wts[s, 2], wts[s, 3] = ly * hx, ly * lx
+                else:  # pixel 0 with weight 0, as torchvision's table
+                    idx[s, 0], idx[s, 1], idx[s, 2], idx[s, 3] = 0, 0, 0, 0
+                    wts[s, 0], wts[s, 1], wts[s, 2], wts[s, 3] = F(0), F(0), F(0), F(0)
+            cuda.syncthreads()
+            for j in range(t, n_out, nt):  # consecutive threads: consecutive bins of a channel
+                c = c0 + j // n_bins
+                bn = j % n_bins
+                acc = F(0)
+                for s in range(bn * g, bn * g + g):
+                    yl, yh, xl, xh = idx[s, 0], idx[s, 1], idx[s, 2], idx[s, 3]
+                    acc += (wts[s, 0] * input[b, c, yl, xl] + wts[s, 1] * input[b, c, yl, xh]
+                            + wts[s, 2] * input[b, c, yh, xl] + wts[s, 3] * input[b, c, yh, xh])
+                out[k, c, bn // PW, bn % PW] = acc / count
+        else:  # a table too big for shared memory (large adaptive grids): version 1's loop
+            for j in range(t, n_out, nt):
+                c = c0 + j // n_bins
+                ph = (j % n_bins) // PW
+                pw = j % PW
+                acc = F(0)
+                for iy in range(gh):
+                    y = y1 + F(ph) * bin_h + (F(iy) + F(0.5)) * bin_h / F(gh)
+                    for ix in range(gw):
+                        x = x1 + F(pw) * bin_w + (F(ix) + F(0.5)) * bin_w / F(gw)
+                        ok, yl, yh, xl, xh, hy, ly, hx, lx = corners(y, x, H, W)
+                        if ok:
+                            acc += ((hy * hx) * input[b, c, yl, xl]
+                                    + (hy * lx) * input[b, c, yl, xh]
+                                    + (ly * hx) * input[b, c, yh, xl]
+                                    + (ly * lx) * input[b, c, yh, xh])
+                        else:
+                            acc += F(0) * input[b, c, 0, 0]
+                out[k, c, ph, pw] = acc / count
+
+    @cuda.jit
     def backward_kernel(grad_out, rois, scale, sampling_ratio, aligned, grad_in):
         idx = cuda.grid(1)
         K, C, PH, PW = grad_out.shape
@@ -149,7 +223,7 @@ def _build(F):
                     cuda.atomic.add(grad_in, (b, c, yh, xl), g * (ly * hx) / count)
                     cuda.atomic.add(grad_in, (b, c, yh, xh), g * (ly * lx) / count)
 
-    return forward_kernel, backward_kernel
+    return forward_kernel, backward_kernel, forward_kernel_v2
 
 
 def _float_type(dtype):
@@ -177,15 +251,21 @@ def _result(a, like):
     return a if backends.is_cupy(like) else a.copy_to_host()
 
 
-def forward(input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned):
+def forward(input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned,
+            version=None):
     """input (N, C, H, W), rois (K, 5) -> (K, C, PH, PW), on the arrays' side (NumPy or CuPy)."""
     shape = (rois.shape[0], input.shape[1], pooled_h, pooled_w)
     out = _zeros(shape, input.dtype, input)
     n = int(np.prod(shape))
     if n:
-        fwd, _ = _build(_float_type(input.dtype))
-        fwd[_blocks(n), THREADS](_device(input), _device(rois), input.dtype.type(spatial_scale),
-                                 pooled_h, pooled_w, sampling_ratio, bool(aligned), out)
+        fwd, _, fwd_v2 = _build(_float_type(input.dtype))
+        args = (_device(input), _device(rois), input.dtype.type(spatial_scale), pooled_h,
+                pooled_w, sampling_ratio, bool(aligned), out)
+        if (version or VERSION) == 2:
+            grid = (shape[0], (shape[1] + CHANNELS_V2 - 1) // CHANNELS_V2)
+            fwd_v2[grid, 32 if backends.cuda_simulator() else 256](*args)
+        else:
+            fwd[_blocks(n), THREADS](*args)
     return _result(out, input)
 
 
@@ -195,7 +275,7 @@ def backward(grad_out, rois, input_shape, spatial_scale, pooled_h, pooled_w, sam
     grad_in = _zeros(input_shape, grad_out.dtype, grad_out)
     n = int(np.prod(grad_out.shape))
     if n:
-        _, bwd = _build(_float_type(grad_out.dtype))
+        _, bwd, _ = _build(_float_type(grad_out.dtype))
         bwd[_blocks(n), THREADS](_device(grad_out), _device(rois),
                                  grad_out.dtype.type(spatial_scale), sampling_ratio, bool(aligned),
                                  grad_in)

@@ -226,3 +226,28 @@ def check_nonfinite(backend, dev):
         # every sample of a bin has NaN x or y here, so every bin is 0 and nothing gets gradient
         np.testing.assert_array_equal(got, 0 * got)
         np.testing.assert_array_equal(g, 0 * g)
+
+
+# ---------------------------------------------------------------- GPU kernel versions
+def check_align_versions(kernel_module, dev, x, K=6):
+    """Versions 1 and 2 of a GPU RoIAlign forward (kernels/roi_align_numba_cuda.py or
+    roi_align_cupy.py) against torchvision, including RoIs whose sample table is too big for
+    version 2's shared memory (adaptive grid on huge boxes: its fallback loop)."""
+    import importlib
+
+    mod = importlib.import_module(f"minimaskrcnn.kernels.{kernel_module}")
+    rng = np.random.default_rng(5)
+    N, C, H, W = x.shape
+    dtype = x.dtype.type
+    configs = (((2, 3), 2, True, 1.0), (7, -1, False, 0.5), (3, 0, True, 2.0))
+    for size, sr, aligned, scale in configs:
+        rois = random_rois(rng, N, H, W, K, scale, dtype)
+        if sr <= 0:  # one RoI 8x the map: 7x7 bins x (>= 5 x 5) samples > 784 table entries
+            rois[0, 1:] = [-2 * W / scale, -2 * H / scale, 6 * W / scale, 6 * H / scale]
+        want = torchvision.ops.roi_align(torch.from_numpy(x), torch.from_numpy(rois), size, scale,
+                                         sr, aligned).numpy()
+        ph, pw = (size, size) if isinstance(size, int) else size
+        for version in (1, 2):
+            got = mod.forward(dev(x), dev(rois), scale, ph, pw, sr, aligned, version=version)
+            np.testing.assert_allclose(host(got), want, **TOL[dtype],
+                                       err_msg=f"{kernel_module} v{version} sr={sr} {aligned}")

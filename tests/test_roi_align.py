@@ -8,6 +8,7 @@ import torch  # noqa: F401  (the reference must be installed: fail, never skip)
 import torchvision  # noqa: F401
 from _roi_checks import (
     check_align,
+    check_align_versions,
     check_hand_align,
     check_hand_gradients,
     check_nonfinite,
@@ -138,3 +139,8 @@ def test_bad_input_errors(backend):
         args.update(change)
         with pytest.raises(exc, match=match):
             ops.roi_align(**args)
+
+
+def test_numba_cuda_versions_1_and_2_in_the_simulator():
+    x = np.random.default_rng(6).standard_normal((2, 2, 6, 7)).astype(np.float32)
+    check_align_versions("roi_align_numba_cuda", cpu, x, K=4)

@@ -10,6 +10,7 @@ import torch  # noqa: F401  (the reference must be installed: fail, never skip)
 import torchvision  # noqa: F401
 from _roi_checks import (
     check_align,
+    check_align_versions,
     check_hand_align,
     check_hand_gradients,
     check_hand_pool,
@@ -92,3 +93,10 @@ def test_mixed_devices_are_an_error():
         ops.roi_align(x, np.zeros((1, 5), np.float32), 2, backend="cupy")
     with pytest.raises(ValueError, match="roi_pool: backend 'cpu' runs on the CPU but got CuPy"):
         ops.roi_pool(x, gpu(np.zeros((1, 5), np.float32)), 2, backend="cpu")
+
+
+@pytest.mark.parametrize("module", ["roi_align_cupy", "roi_align_numba_cuda"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_roi_align_forward_versions(module, dtype):
+    x = np.random.default_rng(6).standard_normal((2, 80, 19, 23)).astype(dtype)  # 2 channel chunks
+    check_align_versions(module, gpu, x, K=32)

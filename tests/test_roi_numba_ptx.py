@@ -24,11 +24,12 @@ from minimaskrcnn.kernels import roi_align_numba_cuda as ra, roi_pool_numba_cuda
 
 for F in (numba.float32, numba.float64):
     A4, A2, I4 = t.Array(F, 4, "C"), t.Array(F, 2, "C"), t.Array(t.int32, 4, "C")
-    afwd, abwd = ra._build(F)
+    afwd, abwd, afwd2 = ra._build(F)
     pfwd, pbwd = rp._build(F)
     for name, fn, sig in (
         ("align_fwd", afwd, (A4, A2, F, t.int64, t.int64, t.int64, t.boolean, A4)),
         ("align_bwd", abwd, (A4, A2, F, t.int64, t.boolean, A4)),
+        ("align_fwd2", afwd2, (A4, A2, F, t.int64, t.int64, t.int64, t.boolean, A4)),
         ("pool_fwd", pfwd, (A4, A2, F, F, A4, I4)),
         ("pool_bwd", pbwd, (A4, I4, A2, A4)),
     ):
@@ -43,7 +44,7 @@ def test_numba_cuda_kernels_compile_to_ptx():
                           timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = dict((" ".join(ln.split()[:2]), int(ln.split()[2])) for ln in proc.stdout.splitlines())
-    assert len(lines) == 8, proc.stdout
+    assert len(lines) == 10, proc.stdout
     # float32 RoIAlign stays float32 in the sample loop: the only float64 conversions are the two
     # per-thread grid-size range checks (against 2**31 - 1, which float32 cannot hold)
-    assert lines["align_fwd float32"] <= 2 and lines["align_bwd float32"] <= 2, proc.stdout
+    assert all(lines[f"align_{v} float32"] <= 2 for v in ("fwd", "bwd", "fwd2")), proc.stdout

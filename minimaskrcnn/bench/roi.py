@@ -72,14 +72,17 @@ def _kernel(op, backend):
     return importlib.import_module(f"minimaskrcnn.kernels.{table[backend]}")
 
 
-def _ours(op, backend, x, rois, cfg):
-    """(forward fn, backward fn) of our kernel module for one backend."""
+def _ours(op, backend, x, rois, cfg, version=None):
+    """(forward fn, backward fn) of our kernel module for one backend (GPU RoIAlign: version;
+    version 2 exists for the forward only, so its backward entry is None)."""
     N, C, H, W, K, P, sr, aligned, scale = cfg
     mod = _kernel(op, backend)
     if op == "roi_align":
-        out = mod.forward(x, rois, scale, P, P, sr, aligned)
+        kw = {} if version is None else {"version": version}
+        out = mod.forward(x, rois, scale, P, P, sr, aligned, **kw)
         grad = out * 0 + 1
-        return (lambda: mod.forward(x, rois, scale, P, P, sr, aligned),
+        return (lambda: mod.forward(x, rois, scale, P, P, sr, aligned, **kw),
+                None if version == 2 else
                 lambda: mod.backward(grad, rois, x.shape, scale, P, P, sr, aligned))
     out, argmax = mod.forward(x, rois, scale, P, P)
     grad = out * 0 + 1
@@ -151,12 +154,16 @@ def bench_gpu(workloads, quick):
             fns = {"torchvision-cuda": _torchvision(op, tx, trois, cfg),
                    "cupy": _ours(op, "cupy", gx, grois, cfg),
                    "numba": _ours(op, "numba", gx, grois, cfg)}
+            if op == "roi_align":  # the op uses version 1; version 2 is the shared-memory table
+                fns["cupy-v2"] = _ours(op, "cupy", gx, grois, cfg, version=2)
+                fns["numba-v2"] = _ours(op, "numba", gx, grois, cfg, version=2)
             sync = cupy.cuda.Device().synchronize
             for p, pname, nbytes in ((0, "forward", fwd_bytes + extra),
                                      (1, "backward", bwd_bytes + extra)):
                 times = {}
                 for b, pair in fns.items():
-                    times[b] = (time_gpu(pair[p]), time_call(pair[p], sync=sync))
+                    if pair[p] is not None:
+                        times[b] = (time_gpu(pair[p]), time_call(pair[p], sync=sync))
                 ref = times["torchvision-cuda"][0].median_s
                 for b, (dev, host) in times.items():
                     gbs = nbytes / dev.median_s / 1e9
