@@ -44,7 +44,7 @@ def _contiguous(a):
     return backends.array_module(a).ascontiguousarray(a)
 
 
-class RoIAlign(Function):
+class RoIAlignFunction(Function):
     """input (N, C, H, W), rois (K, 5) -> (K, C, PH, PW); gradient for input only."""
 
     @staticmethod
@@ -85,7 +85,7 @@ def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, a
         raise TypeError(f"{op}: sampling_ratio must be an int (<= 0 for adaptive), "
                         f"got {sampling_ratio!r}")
     name = backends.resolve(op, backend, input, rois, supported=tuple(KERNELS))
-    return returns_like(RoIAlign, input, rois, output_size=output_size,
+    return returns_like(RoIAlignFunction, input, rois, output_size=output_size,
                         spatial_scale=float(spatial_scale), sampling_ratio=int(sampling_ratio),
                         aligned=bool(aligned), backend=name)
 

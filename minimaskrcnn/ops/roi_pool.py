@@ -44,7 +44,7 @@ def _contiguous(a):
     return backends.array_module(a).ascontiguousarray(a)
 
 
-class RoIPool(Function):
+class RoIPoolFunction(Function):
     """input (N, C, H, W), rois (K, 5) -> (K, C, PH, PW); argmax (K, C, PH, PW) kept in ctx."""
 
     @staticmethod
@@ -80,5 +80,5 @@ def roi_pool(input, boxes, output_size, spatial_scale=1.0, backend=None):
     if not isinstance(spatial_scale, numbers.Real) or isinstance(spatial_scale, bool):
         raise TypeError(f"{op}: spatial_scale must be a number, got {spatial_scale!r}")
     name = backends.resolve(op, backend, input, rois, supported=tuple(KERNELS))
-    return returns_like(RoIPool, input, rois, output_size=output_size,
+    return returns_like(RoIPoolFunction, input, rois, output_size=output_size,
                         spatial_scale=float(spatial_scale), backend=name)
