@@ -36,8 +36,8 @@ What the run folder ``RUN`` holds, and how each file survives an interruption:
 Determinism: every random draw is derived from ``--seed``: the weights' initialisation, the loader's
 order and flips (``DataLoader``: from (seed, epoch, sample)), and the samplers' choices of anchors
 and RoIs (from (seed, iteration), set before each step). So one seed gives the same losses twice,
-and a resumed run the same losses as an uninterrupted one (``--epochs`` mode; ``--minutes`` sets
-the number of iterations from the measured speed of the first iterations, which varies).
+and a resumed run the same losses as an uninterrupted one (with ``--epochs`` or ``--iters``; with
+``--minutes`` the learning-rate steps fall where the time budget's fractions do, which varies).
 """
 
 from __future__ import annotations
@@ -167,8 +167,8 @@ class Schedule:
     """torchvision's detection schedule, per iteration: ``LinearLR`` warmup (factor
     ``warmup_factor`` -> 1 over ``warmup_iters``) chained with ``MultiStepLR`` (x ``gamma`` at each
     milestone), both from ``minimaskrcnn.optim`` and stepped once per iteration. The milestones are
-    fractions of the run's iterations, fixed once that number is known (at once with --epochs,
-    after the speed is measured with --minutes)."""
+    fractions of the run: of its iterations with --epochs/--iters (set at the start), of its time
+    budget with --minutes (each placed at the iteration that crosses that fraction of the time)."""
 
     def __init__(self, optimizer, warmup_iters: int, warmup_factor: float, gamma: float):
         from . import optim
@@ -185,6 +185,14 @@ class Schedule:
 
         self.total_iters = int(total_iters)
         self.steps.milestones = Counter(int(f * total_iters) for f in fractions)
+
+    def passed(self) -> int:
+        """How many milestones are placed so far."""
+        return sum(self.steps.milestones.values())
+
+    def decay_at_next_step(self) -> None:
+        """Place a milestone so that the next ``step()`` multiplies lr by gamma."""
+        self.steps.milestones[self.steps.last_epoch + 1] += 1
 
     def step(self) -> None:
         self.warmup.step()
@@ -242,9 +250,9 @@ def train(
 ) -> dict:
     """Train, checkpoint, evaluate; returns ``{"iterations", "images_per_s", "metrics", ...}``.
 
-    The length of the run: ``epochs`` (may be fractional), or ``minutes`` of training time (the
-    number of iterations is set from the speed of the first 10), or ``max_iters``; the smallest of
-    those given. ``milestones`` are fractions of the run's iterations. ``backend`` is the array
+    The length of the run: ``epochs`` (may be fractional), ``max_iters``, or ``minutes`` of
+    training time; the shortest of those given. ``milestones`` are fractions of the run: of its
+    iterations, or of its time when only ``minutes`` is given. ``backend`` is the array
     backend ("numpy" or "cupy"); ``kernels`` the kernel backend of every op for NumPy arrays
     ("numpy" or "cpu"; None: each op's default, see ``minimaskrcnn.backends``).
     """
@@ -412,7 +420,7 @@ def _train(
         disable=not progress,
         dynamic_ncols=True,
     )
-    t_calib, it_calib = None, None
+    by_time = minutes is not None and schedule.total_iters is None  # time places the milestones
     try:
         while it < total:
             for images, targets in loader.iterate(epoch, start=batch):
@@ -432,10 +440,16 @@ def _train(
                 grad_norm = clip_grad_norm_(params, clip) if clip > 0 else float("nan")
                 step_lr = schedule.lr()
                 optimizer.step()
-                schedule.step()
-                it, batch = it + 1, batch + 1
                 dt = time.perf_counter() - t0
                 elapsed += dt
+                while (
+                    by_time
+                    and schedule.passed() < len(milestones)
+                    and elapsed >= milestones[schedule.passed()] * minutes * 60
+                ):
+                    schedule.decay_at_next_step()  # this fraction of the time budget is spent
+                schedule.step()
+                it, batch = it + 1, batch + 1
                 rec = {
                     "iteration": it,
                     "epoch": epoch,
@@ -451,16 +465,6 @@ def _train(
                 recent = (recent + [rec])[-20:]
                 bar.update(1)
                 bar.set_postfix_str(_postfix(recent), refresh=False)
-                if minutes is not None and schedule.total_iters is None:
-                    # the first iterations compile kernels: time from the 3rd to the 13th
-                    if it == 3:
-                        t_calib, it_calib = elapsed, it
-                    elif it_calib is not None and it == it_calib + 10:
-                        per_it = (elapsed - t_calib) / 10
-                        left = minutes * 60 - elapsed
-                        schedule.set_total(min(total, it + max(int(left / per_it), 0)), milestones)
-                        total = schedule.total_iters
-                        bar.total = total
                 if minutes is not None and elapsed >= minutes * 60:
                     total = it  # out of time: stop here
                 if it % ckpt_every == 0 and it < total:

@@ -234,3 +234,21 @@ def test_cupy_training_starts_where_numpy_does(shapes, uninterrupted, tmp_path):
     model.to("cupy")
     m = evaluate(model, from_folder(shapes, "val"), progress=False, verbose=False)
     assert m["images"] == 2 and 0.0 <= m["segm"]["AP"] <= 1.0
+
+
+def test_time_placed_milestones_decay_the_next_step():
+    """--minutes mode places a milestone at the iteration that crosses a fraction of the budget."""
+    nn.manual_seed(0)
+    opt = optim.SGD(list(nn.Linear(2, 2).parameters()), lr=0.5)
+    sched = Schedule(opt, warmup_iters=1, warmup_factor=1.0, gamma=0.1)  # no warmup
+    lrs = []
+    for it in range(1, 6):  # 5 iterations; the budget's 75% is crossed in iteration 3
+        lrs.append(sched.lr())
+        if it == 3:
+            sched.decay_at_next_step()
+        sched.step()
+    assert lrs == pytest.approx([0.5, 0.5, 0.5, 0.05, 0.05])
+    state = sched.state_dict()
+    again = Schedule(opt, warmup_iters=1, warmup_factor=1.0, gamma=0.1)
+    again.load_state_dict(json.loads(json.dumps(state)))  # JSON-able, as checkpoints store it
+    assert again.passed() == 1 and again.steps.last_epoch == sched.steps.last_epoch
