@@ -148,16 +148,18 @@ def main(argv=None) -> int:
     if args.device == "gpu":  # cuDNN may use TF32 for float32 convolutions: say which
         print(f"torch cudnn.allow_tf32 = {torch.backends.cudnn.allow_tf32} (torchvision's default)")
 
+    last = {}  # the last result of each, to count detections without another run
+
     def run_ref():
         with torch.no_grad():
-            return ref([timg])
+            last["ref"] = ref([timg])
 
     def run_ours():
-        return ours([our_img])
+        last["ours"] = ours([our_img])
 
     t_ref = time_call(run_ref, warmup=1, repeat=args.repeat, sync=sync_ref)
     t_ours = time_call(run_ours, warmup=1, repeat=args.repeat, sync=sync_ours)
-    n_ref, n_ours = len(run_ref()[0]["boxes"]), len(run_ours()[0]["boxes"])
+    n_ref, n_ours = len(last["ref"][0]["boxes"]), len(last["ours"][0]["boxes"])
     rows = [
         {
             "model": "torchvision",
