@@ -129,17 +129,17 @@ def plot_loss_curve(log_path, png_path, smooth: int = 20) -> None:
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     its = np.array([r["iteration"] for r in recs])
+    k = max(1, min(smooth, len(recs) // 4))  # short runs: a shorter window
     for name in ("loss",) + LOSS_NAMES:
         if name not in recs[0]:
             continue
         y = np.array([r[name] for r in recs], float)
-        k = max(1, min(smooth, len(y)))
         ys = np.convolve(y, np.ones(k) / k, mode="valid")
         (line,) = ax.plot(its[k - 1 :], ys, label=name, lw=2 if name == "loss" else 1)
-        ax.plot(its, y, color=line.get_color(), alpha=0.15, lw=0.5)
+        ax.plot(its, y, color=line.get_color(), alpha=0.35, lw=0.8)
     ax.set_yscale("log")
     ax.set_xlabel("iteration")
-    ax.set_ylabel(f"loss (running mean of {smooth})")
+    ax.set_ylabel(f"loss (thick: running mean of {k})")
     ax.set_title(f"training losses, {Path(log_path).parent.name}")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
