@@ -146,7 +146,9 @@ def forward(x, weight, bias, stride, padding, dilation, groups):
     wg = weight.reshape(groups, og, k)  # (G, Og, K)
     if _is_pointwise(kh, kw, padding):
         xs = _strided(x, stride)  # (N, C, OH, OW)
-        for g in range(groups):  # (Og, Cg) @ (N, Cg, L): one sgemm per image, no im2col
+        if groups == 1:  # (O, C) @ (N, C, L): one sgemm per image, no im2col, no copy
+            np.matmul(wg[0], xs.reshape(n, c, l_all), out=out.reshape(n, o, l_all))
+        for g in range(groups if groups > 1 else 0):
             res = np.matmul(wg[g], xs[:, g * cg : (g + 1) * cg].reshape(n, cg, l_all))
             out[:, g * og : (g + 1) * og] = res.reshape(n, og, oh, ow)
     else:
