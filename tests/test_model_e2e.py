@@ -338,3 +338,4 @@ def test_training_mode_rejects_degenerate_boxes():
     }
     with pytest.raises(ValueError, match=r"positive height and width.*\[5.0, 10.0"):
         model([np.zeros((3, 60, 80), np.float32)], [target])
+

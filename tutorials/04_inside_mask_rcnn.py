@@ -240,12 +240,14 @@ axs[0].scatter(side, arr(levels), s=4)
 axs[0].set_xscale("log")
 axs[0].set_xlabel("sqrt(area) of the proposal (px)")
 axs[0].set_ylabel("FPN level")
+axs[0].set_yticks(range(4))
+fig.suptitle("which level pools each proposal; one pooled RoI per level (mean over channels)")
 for j, lvl in enumerate(range(4)):
     idx = np.flatnonzero(arr(levels) == lvl)
     ax = axs[j + 1]
     if len(idx):
         ax.imshow(arr(pooled)[idx[0]].mean(axis=0), cmap="magma")
-        ax.set_title(f"a level '{lvl}' RoI: 7x7 (mean over C)")
+        ax.set_title(f"level '{lvl}' RoI, 7x7")
     ax.set_axis_off()
 savefig(fig, "04_5_roialign.png")
 
