@@ -269,6 +269,8 @@ def _builder(
             if isinstance(weights, str) or hasattr(weights, "__fspath__")
             else dict(weights)
         )
+        if "__meta__" in state:  # a `minimaskrcnn train` checkpoint: the weights are under model/
+            state = {k[len("model/") :]: v for k, v in state.items() if k.startswith("model/")}
         if num_classes is None and "roi_heads.box_predictor.cls_score.bias" in state:
             num_classes = int(np.shape(state["roi_heads.box_predictor.cls_score.bias"])[0])
     if num_classes is None:
@@ -297,8 +299,8 @@ def _builder(
 
 
 def maskrcnn_resnet50_fpn(
-    weights=None,
     *,
+    weights=None,
     num_classes=None,
     norm_layer=None,
     trainable_backbone_layers=None,
@@ -329,8 +331,8 @@ def maskrcnn_resnet50_fpn(
 
 
 def fasterrcnn_resnet50_fpn(
-    weights=None,
     *,
+    weights=None,
     num_classes=None,
     norm_layer=None,
     trainable_backbone_layers=None,
