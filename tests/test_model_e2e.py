@@ -339,3 +339,24 @@ def test_training_mode_rejects_degenerate_boxes():
     with pytest.raises(ValueError, match=r"positive height and width.*\[5.0, 10.0"):
         model([np.zeros((3, 60, 80), np.float32)], [target])
 
+
+def test_faster_rcnn_from_state_dict_matches_torchvision(models, stages):
+    """The same weights without the mask branch: maskrcnn_from_state_dict builds a FasterRCNN."""
+    from minimaskrcnn.models import FasterRCNN, maskrcnn_from_state_dict
+
+    ref, _ = models
+    sd = {k: v for k, v in ref.state_dict().items() if "mask_" not in k}
+    tv = torchvision.models.detection.fasterrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None, **SMALL
+    )
+    tv.load_state_dict(sd)
+    ours = maskrcnn_from_state_dict({k: v.numpy() for k, v in sd.items()}, **SMALL)
+    assert isinstance(ours, FasterRCNN) and not ours.training
+    image = stages["images"][0]
+    got = ours([image])[0]
+    with torch.no_grad():
+        want = {k: v.numpy() for k, v in tv.eval()([torch.from_numpy(image)])[0].items()}
+    assert "masks" not in got and len(want["boxes"]) > 0
+    assert len(got["boxes"]) == len(want["boxes"])
+    iou = box_iou(torch.from_numpy(want["boxes"]), torch.from_numpy(got["boxes"])).numpy()
+    assert (iou.max(axis=1) >= 0.99).mean() >= 0.9  # near-ties aside, as in test_detections
