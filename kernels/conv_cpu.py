@@ -18,9 +18,10 @@ What changes against the reference, and why:
 * **im2col is one strided NumPy copy per chunk** from the reference's ``as_strided`` window view
   into the reused buffer. (A Numba-parallel gather was tried first and measured 8x slower on
   this machine: 16 ms vs 2 ms for a 2304 x 3400 chunk; NumPy's copy loop streams memory.)
-* **The GEMM is one sgemm** (NumPy -> BLAS, which is itself multithreaded) of weight (Og, K) by
-  columns (K, R*OW), written straight into the output (the chunk of each output plane is
-  contiguous, so the destination is a strided view BLAS accepts without a copy).
+* **The GEMM is one sgemm** per chunk (NumPy -> OpenBLAS, itself multithreaded). With 128+
+  output channels it is computed as out^T = cols^T @ W^T (measured faster here, see
+  ``TRANSPOSED_GEMM_MIN_OG``); with fewer it is W @ cols written straight into the output rows
+  (a strided view BLAS accepts without a copy).
 * **1x1 convolutions skip im2col**: stride 1, no padding -> the image (C, H*W) *is* the column
   matrix; stride s -> one strided copy (C, OH, OW). These are half of ResNet-50's convolutions.
 * **Not done, measured**: Winograd F(2x2, 3x3) (2.25x fewer multiplies for 3x3 stride-1 layers)
