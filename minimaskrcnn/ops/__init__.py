@@ -1,80 +1,49 @@
 """Differentiable ops. Each accepts plain arrays or Tensors and returns the same kind.
 
-The table below is the whole map from a public name to the file that defines it (one concept per
-file). Kernel ops take ``backend=`` (see ``minimaskrcnn.backends``).
+The imports below are the whole map from a public name to the file that defines it (one concept
+per file). Kernel ops take ``backend=`` (see ``minimaskrcnn.backends``).
 """
 
-import importlib
-import sys
-import types
+# Explicit imports, as torchvision.ops does. Several files are named like the function they define
+# (ops/nms.py defines nms); importing the function last makes ``ops.nms`` the function, not the
+# submodule. None of these files imports numba, CuPy or torch at import time: kernels load lazily.
+from ..tensor import (  # the elementwise and shape functions of autograd-lite
+    clamp,
+    concatenate,
+    exp,
+    gather,
+    log,
+    log_softmax,
+    matmul,
+    relu,
+    sigmoid,
+    softmax,
+    stack,
+    where,
+)
+from .boxes import box_area, box_convert, box_iou, clip_boxes_to_image, remove_small_boxes
+from .conv import conv2d, conv_transpose2d
+from .losses import binary_cross_entropy_with_logits, cross_entropy, l1_loss, smooth_l1_loss
+from .nms import batched_nms, nms
+from .pool import max_pool2d
+from .resize import interpolate
+from .roi_align import roi_align
+from .roi_format import convert_boxes_to_roi_format
+from .roi_pool import roi_pool
+from .roi_warp import roi_warp
 
-_EXPORTS = {
+__all__ = [
     # convolution (reference: im2col + matmul; GPU ladders in kernels/conv_*.py, conv*.cu)
-    "conv2d": "conv",
-    "conv_transpose2d": "conv",
+    "conv2d", "conv_transpose2d",
     # pooling and resizing
-    "max_pool2d": "pool",
-    "interpolate": "resize",
+    "max_pool2d", "interpolate",
     # RoI ops and boxes (torchvision.ops semantics)
-    "roi_align": "roi_align",
-    "roi_pool": "roi_pool",
-    "nms": "nms",
-    "batched_nms": "nms",
-    "box_iou": "boxes",
-    "box_area": "boxes",
-    "clip_boxes_to_image": "boxes",
-    "remove_small_boxes": "boxes",
-    "convert_boxes_to_roi_format": "roi_format",
-    "roi_warp": "roi_warp",
+    "roi_align", "roi_pool", "roi_warp", "convert_boxes_to_roi_format",
+    "nms", "batched_nms",
+    "box_iou", "box_area", "box_convert", "clip_boxes_to_image", "remove_small_boxes",
     # losses (torch semantics)
-    "cross_entropy": "losses",
-    "binary_cross_entropy_with_logits": "losses",
-    "smooth_l1_loss": "losses",
-    "l1_loss": "losses",
-    # elementwise and shape functions of autograd-lite
-    "relu": "..tensor",
-    "sigmoid": "..tensor",
-    "softmax": "..tensor",
-    "log_softmax": "..tensor",
-    "exp": "..tensor",
-    "log": "..tensor",
-    "clamp": "..tensor",
-    "where": "..tensor",
-    "gather": "..tensor",
-    "concatenate": "..tensor",
-    "stack": "..tensor",
-    "matmul": "..tensor",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        mod = _EXPORTS[name]
-        module = importlib.import_module(mod if mod.startswith("..") else f".{mod}", __name__)
-        # Importing ops/nms.py binds the submodule as the attribute ops.nms (the import system
-        # does that): bind every function of that file over it, or ops.nms would be the module.
-        for other, m in _EXPORTS.items():
-            if m == mod:
-                globals()[other] = getattr(module, other)
-        return globals()[name]
-    raise AttributeError(f"module 'minimaskrcnn.ops' has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
-
-
-class _OpsPackage(types.ModuleType):
-    """The import system binds every imported submodule on its package (``ops.nms = <module
-    ops/nms.py>``), also when ``from minimaskrcnn.ops.nms import x`` runs first; for files named
-    like the function they define, the function keeps the name."""
-
-    def __setattr__(self, name, value):
-        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == name:
-            value = getattr(value, name, value)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _OpsPackage
+    "cross_entropy", "binary_cross_entropy_with_logits", "smooth_l1_loss", "l1_loss",
+    # autograd-lite functions
+    "relu", "sigmoid", "softmax", "log_softmax", "exp", "log", "clamp", "where", "gather",
+    "concatenate", "stack", "matmul",
+]
