@@ -7,7 +7,7 @@ Shapes:
 ``numeric`` (no training, seconds): at feature strides 4, 8, 16 and 32 it measures, for each
 operator, how far its output is from the **exact** RoI feature, how far its bins are from where
 the box says they are, and how its output and gradient move when the box moves by sub-pixel steps.
-``train`` is the end-to-end ablation (needs the trainer, issue 6).
+``train`` is the end-to-end ablation (``minimaskrcnn.ablation``: trains with each operator).
 
 The pixel model (detectron2's, and RoIAlign's with ``aligned=True``): feature pixel i at stride s
 covers image pixels [i s, (i + 1) s) and its value sits at its centre, so an image coordinate y
@@ -32,7 +32,6 @@ The bilinear ones use ``sampling_ratio=2`` (Mask R-CNN's).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 import sys
 from pathlib import Path
@@ -356,19 +355,10 @@ def _figures(rows, shifts_all, out_dir, strides):
 
 # ----------------------------------------------------------------------------- command line
 def train(argv) -> int:
-    """The end-to-end ablation: delegated to the trainer (issue 6) when it exists."""
-    if importlib.util.find_spec("minimaskrcnn.train") is None:
-        print("minimaskrcnn compare-roi train: needs the trainer (minimaskrcnn.train), which is "
-              "not in this version yet: see issue 6. `compare-roi numeric` runs without it.",
-              file=sys.stderr)
-        return 2
-    trainer = importlib.import_module("minimaskrcnn.train")
-    entry = getattr(trainer, "compare_roi_main", None)
-    if entry is None:
-        print("minimaskrcnn compare-roi train: minimaskrcnn.train has no compare_roi_main(argv) "
-              "entry point yet (issue 6/7: the training ablation is wired there).", file=sys.stderr)
-        return 2
-    return int(entry(argv) or 0)
+    """The end-to-end ablation: ``minimaskrcnn.ablation`` (trains with ``minimaskrcnn.train``)."""
+    from .ablation import main as ablation_main
+
+    return int(ablation_main(argv) or 0)
 
 
 def main(argv=None) -> int:
@@ -380,7 +370,7 @@ def main(argv=None) -> int:
     n.add_argument("--out", default=".", help="folder for the figures and the CSV")
     n.add_argument("--quick", action="store_true", help="fewer boxes and shift steps")
     n.add_argument("--backend", default="numpy", help="kernel backend of the RoI ops")
-    sub.add_parser("train", help="the training ablation (needs the trainer, issue 6)",
+    sub.add_parser("train", help="the training ablation (see minimaskrcnn.ablation)",
                    add_help=False)
     if argv and argv[0] == "train":
         return train(argv[1:])
