@@ -127,7 +127,9 @@ fig.savefig(OUT / "05_targets.png", dpi=100)
 
 # %%
 run = OUT / "run_05"
-length = dict(max_iters=4, warmup_iters=2) if QUICK else dict(minutes=TRAIN_MINUTES)
+length = dict(max_iters=4, warmup_iters=2)
+if not QUICK:
+    length = dict(minutes=TRAIN_MINUTES, warmup_iters=20)  # a short CPU run: a short warmup
 summary = train(data / "train", run, config=CONFIG, seed=0, batch_size=2 if QUICK else 4,
                 resume=(run / "checkpoint.npz").exists(), evaluate_val=False, progress=not QUICK,
                 **length)
