@@ -271,6 +271,7 @@ def _builder(
         )
         if "__meta__" in state:  # a `minimaskrcnn train` checkpoint: the weights are under model/
             state = {k[len("model/") :]: v for k, v in state.items() if k.startswith("model/")}
+        state = upgrade_torchvision_v1_keys(state)
         if num_classes is None and "roi_heads.box_predictor.cls_score.bias" in state:
             num_classes = int(np.shape(state["roi_heads.box_predictor.cls_score.bias"])[0])
     if num_classes is None:
@@ -353,6 +354,19 @@ def fasterrcnn_resnet50_fpn(
     )
 
 
+def upgrade_torchvision_v1_keys(state) -> dict:
+    """Rename the keys of torchvision's version-1 checkpoints to the current names.
+
+    The COCO weights file of ``maskrcnn_resnet50_fpn`` (v1) predates RPNHead's and
+    MaskRCNNHeads' second version: it says ``rpn.head.conv.weight`` and
+    ``roi_heads.mask_head.mask_fcn1.weight`` where the modules now have ``rpn.head.conv.0.0.weight``
+    and ``roi_heads.mask_head.0.0.weight``. torchvision renames them while loading
+    (``_load_from_state_dict`` hooks); here it is one explicit step, a no-op for current keys.
+    """
+    state = RPNHead.convert_old_keys(dict(state), "rpn.head.")
+    return MaskRCNNHeads.convert_old_keys(state, "roi_heads.mask_head.")
+
+
 def _count(state, prefix: str) -> int:
     """How many numbered children ``prefix.{i}.`` the state dict has."""
     n = 0
@@ -371,7 +385,7 @@ def maskrcnn_from_state_dict(state, *, frozen_bn_eps=0.0, **kwargs):
     with BatchNorm), else FrozenBatchNorm2d with ``frozen_bn_eps`` (0.0: torchvision's COCO
     weights). ``kwargs`` go to MaskRCNN (min_size, box_score_thresh, ...). Returns it in eval mode.
     """
-    state = dict(state)
+    state = upgrade_torchvision_v1_keys(state)
     if (
         "roi_heads.box_predictor.cls_score.weight" not in state
         or "backbone.body.conv1.weight" not in state
