@@ -41,3 +41,13 @@ def test_upgrade_leaves_current_keys_alone():
     state = {"rpn.head.conv.0.0.weight": 1, "roi_heads.mask_head.0.0.bias": 2,
              "x.mask_fcn1.weight": 3}
     assert upgrade_torchvision_v1_keys(state) == state
+
+
+def test_state_dict_keys_come_in_torchvisions_order():
+    """Not only the same keys: the same order, so a learner can zip the two lists side by side."""
+    from minimaskrcnn.models import maskrcnn_resnet50_fpn
+
+    tv = torchvision.models.detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None,
+                                                            num_classes=5)
+    ours = maskrcnn_resnet50_fpn(num_classes=5)
+    assert list(ours.state_dict()) == list(tv.state_dict())

@@ -44,15 +44,23 @@ class Module:
             raise RuntimeError(
                 f"{type(self).__name__}: call super().__init__() before assigning attributes"
             )
-        for store in (self._parameters, self._buffers, self._modules):
-            store.pop(name, None)
         if isinstance(value, Parameter):
-            self._parameters[name] = value
+            target = self._parameters
         elif isinstance(value, Module):
-            self._modules[name] = value
+            target = self._modules
         elif name in self.__dict__.get("_buffer_names", ()):
-            self._buffers[name] = value
-            return
+            target = self._buffers
+        else:
+            target = None
+        # Replacing an entry keeps its place (as in torch), so re-initialising a weight after
+        # construction does not move it behind its bias in the state dict.
+        for store in (self._parameters, self._buffers, self._modules):
+            if store is not target:
+                store.pop(name, None)
+        if target is not None:
+            target[name] = value
+            if target is self._buffers:
+                return
         object.__setattr__(self, name, value)
 
     def __getattr__(self, name):
