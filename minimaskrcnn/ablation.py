@@ -31,8 +31,9 @@ mask heads (``RoIOpPooler``), then COCO AP with pycocotools, as the Mask R-CNN p
     ========  ===========================================================================
 
 Honest differences from the paper: its C4 model runs ResNet's stage 5 as the box head on 14x14
-RoI features (its C5 model, like ours, uses the FPN-style head); ours keeps the FPN heads (TwoMLPHead on 7x7, the config's small conv mask head on
-14x14) for every feature setting, so only the pooled map's stride changes. The single-level RPN
+RoI features (its C5 model, like ours, uses the FPN-style head); ours keeps the FPN heads
+(TwoMLPHead on 7x7, the config's small conv mask head on 14x14) for every feature setting, so
+only the pooled map's stride changes. The single-level RPN
 puts all of the config's anchor sizes at its one level (``AnchorGenerator((sizes,), (ratios,))``).
 Budgets here are a few CPU minutes on a synthetic data set, not 160k COCO iterations.
 
