@@ -21,13 +21,12 @@ the previous checkpoint intact.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from ._atomic import atomic_write
 
 META_KEY = "__meta__"
 
@@ -70,20 +69,9 @@ def _unflatten(skel, arrays):
 
 # ----------------------------------------------------------------------------- files
 def save_npz_atomic(path, arrays: dict) -> None:
-    """``np.savez`` to a temporary file beside ``path``, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    """``np.savez`` through ``atomic_write``: a temporary file beside ``path``, then a rename."""
+    with atomic_write(path) as f:
+        np.savez(f, **arrays)
 
 
 def save_checkpoint(path, model, optimizer=None, scheduler=None, **meta) -> None:

@@ -24,12 +24,12 @@ import argparse
 import contextlib
 import io
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from ._atomic import atomic_write
 
 STAT_NAMES = (
     "AP",
@@ -179,19 +179,8 @@ def evaluate(
 def write_json_atomic(path, obj) -> None:
     """Write JSON to a temporary file beside ``path``, then rename it over ``path`` (a reader
     never sees a half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path, "w") as f:
+        json.dump(obj, f, indent=2)
 
 
 def main(argv=None) -> int:

@@ -17,12 +17,12 @@ missing, unexpected and mis-shaped key when the file belongs to another architec
 from __future__ import annotations
 
 import os
-import tempfile
 from collections import OrderedDict
 
 import numpy as np
 
 from . import backends
+from ._atomic import atomic_write
 
 TORCH_SUFFIXES = (".pth", ".pt", ".pkl", ".bin")
 
@@ -48,17 +48,8 @@ def save_weights(path, model_or_state_dict) -> str:
     if not path.endswith(".npz"):
         path += ".npz"
     sd = _state_dict(model_or_state_dict)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_weights_", suffix=".npz", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **sd)  # a file object: numpy writes exactly here, no suffix games
-        os.replace(tmp, path)  # atomic on POSIX and Windows: readers see the old or the new file
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_write(path) as f:
+        np.savez(f, **sd)  # a file object: numpy writes exactly here, no suffix games
     return path
 
 

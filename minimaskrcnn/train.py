@@ -45,13 +45,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from ._atomic import atomic_write
 
 LOSS_NAMES = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
 
@@ -144,11 +144,8 @@ def plot_loss_curve(log_path, png_path, smooth: int = 20) -> None:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    png_path = Path(png_path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{png_path.name}.", suffix=".png", dir=png_path.parent)
-    os.close(fd)
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, png_path)
+    with atomic_write(png_path) as f:
+        fig.savefig(f, format="png", dpi=110)
 
 
 def make_optimizer(params, lr: float, momentum: float, weight_decay: float):
