@@ -9,7 +9,8 @@ the llm.c manner (a clean reference beside numbered fast versions):
 * ``<op>.cu`` + ``<op>_cupy.py`` - CUDA C kernels loaded with ``cupy.RawModule``
 
 The public, checked, differentiable entry points are in ``minimaskrcnn.ops``; these modules take
-plain, already-validated arrays. ``source_path(name)`` finds a ``.cu`` file in the installed package.
+plain, already-validated arrays. ``source_path(name)`` finds a ``.cu`` file in the installed
+package.
 """
 
 from pathlib import Path

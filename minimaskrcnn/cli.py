@@ -12,18 +12,33 @@ import sys
 COMMANDS = {
     # name: (module, function, one-line help)
     "info": ("minimaskrcnn.backends", "info_main", "versions, devices and available backends"),
-    "bench": ("minimaskrcnn.bench", "main", "kernel and model benchmarks: bench {roi,nms,conv,model}"),
+    "bench": (
+        "minimaskrcnn.bench",
+        "main",
+        "kernel and model benchmarks: bench {roi,nms,conv,model}",
+    ),
     "predict": ("minimaskrcnn.predict", "main", "run Mask R-CNN on an image and draw the result"),
-    "shapes": ("minimaskrcnn.data.shapes", "main", "write the synthetic shapes data set (COCO format)"),
+    "shapes": (
+        "minimaskrcnn.data.shapes",
+        "main",
+        "write the synthetic shapes data set (COCO format)",
+    ),
     "train": ("minimaskrcnn.train", "main", "train Mask R-CNN on COCO-format data"),
     "evaluate": ("minimaskrcnn.evaluate", "main", "COCO box and mask AP with pycocotools"),
-    "compare-roi": ("minimaskrcnn.compare_roi", "main", "RoIPool vs RoIWarp vs RoIAlign: numeric | train"),
+    "compare-roi": (
+        "minimaskrcnn.compare_roi",
+        "main",
+        "RoIPool vs RoIWarp vs RoIAlign: numeric | train",
+    ),
 }
 
 
 def usage() -> str:
-    lines = ["usage: minimaskrcnn COMMAND [options]   (minimaskrcnn COMMAND --help for its options)", "",
-             "commands:"]
+    lines = [
+        "usage: minimaskrcnn COMMAND [options]   (minimaskrcnn COMMAND --help for its options)",
+        "",
+        "commands:",
+    ]
     lines += [f"  {name:<12} {help_}" for name, (_, _, help_) in COMMANDS.items()]
     return "\n".join(lines)
 
@@ -42,7 +57,10 @@ def main(argv=None) -> int:
         mod = importlib.import_module(module)
     except ModuleNotFoundError as e:
         if e.name and e.name.startswith("minimaskrcnn"):
-            print(f"minimaskrcnn {name}: not built yet in this version ({e.name} is missing)", file=sys.stderr)
+            print(
+                f"minimaskrcnn {name}: not built yet in this version ({e.name} is missing)",
+                file=sys.stderr,
+            )
             return 2
         raise
     rc = getattr(mod, func)(rest)

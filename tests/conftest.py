@@ -25,8 +25,10 @@ CPU_BACKENDS = ["numpy", "cpu", "numba"]
 
 
 def pytest_report_header(config):
-    return [f"minimaskrcnn kernel backends here: {backends.available()}",
-            f"NUMBA_ENABLE_CUDASIM={os.environ.get('NUMBA_ENABLE_CUDASIM')}"]
+    return [
+        f"minimaskrcnn kernel backends here: {backends.available()}",
+        f"NUMBA_ENABLE_CUDASIM={os.environ.get('NUMBA_ENABLE_CUDASIM')}",
+    ]
 
 
 _gpu_deselected = []
@@ -40,7 +42,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     n = len(_gpu_deselected)
     if n:
         terminalreporter.write_line(
-            f"{n} tests marked 'gpu' were deselected (no GPU here): run scripts/gpu_suite.sh on a GPU machine."
+            f"{n} tests marked 'gpu' were deselected (no GPU here): "
+            "run scripts/gpu_suite.sh on a GPU machine."
         )
 
 

@@ -7,7 +7,6 @@ import shutil
 import subprocess
 
 import pytest
-
 from minimaskrcnn.kernels import cuda_sources
 
 ARCHS = ["sm_80", "sm_90"]
@@ -15,7 +14,9 @@ SOURCES = cuda_sources()
 
 
 def test_nvcc_is_installed():
-    assert shutil.which("nvcc"), "nvcc is needed to check the CUDA C kernels (it is on the CI machine)"
+    assert shutil.which("nvcc"), (
+        "nvcc is needed to check the CUDA C kernels (it is on the CI machine)"
+    )
 
 
 def test_there_are_cuda_sources():
@@ -25,8 +26,19 @@ def test_there_are_cuda_sources():
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("src", SOURCES, ids=[s.name for s in SOURCES])
 def test_cu_compiles_without_warnings_or_spills(src, arch, tmp_path):
-    cmd = ["nvcc", "-std=c++17", f"-arch={arch}", "-cubin", "-Xptxas", "-v", "-Werror", "all-warnings",
-           "-o", str(tmp_path / (src.stem + ".cubin")), str(src)]
+    cmd = [
+        "nvcc",
+        "-std=c++17",
+        f"-arch={arch}",
+        "-cubin",
+        "-Xptxas",
+        "-v",
+        "-Werror",
+        "all-warnings",
+        "-o",
+        str(tmp_path / (src.stem + ".cubin")),
+        str(src),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"nvcc failed on {src.name} for {arch}:\n{log}"

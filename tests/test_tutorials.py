@@ -17,9 +17,22 @@ def test_there_are_tutorials():
 
 @pytest.mark.parametrize("path", TUTORIALS, ids=[p.stem for p in TUTORIALS])
 def test_tutorial_runs(path, tmp_path):
-    env = dict(os.environ, MPLBACKEND="Agg", MINIMASKRCNN_QUICK="1", MINIMASKRCNN_OUT=str(tmp_path),
-               NUMBA_ENABLE_CUDASIM="1")
-    proc = subprocess.run([sys.executable, str(path)], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=900)
-    assert proc.returncode == 0, f"{path.name} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    env = dict(
+        os.environ,
+        MPLBACKEND="Agg",
+        MINIMASKRCNN_QUICK="1",
+        MINIMASKRCNN_OUT=str(tmp_path),
+        NUMBA_ENABLE_CUDASIM="1",
+    )
+    proc = subprocess.run(
+        [sys.executable, str(path)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, (
+        f"{path.name} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    )
     assert list(tmp_path.glob("*.png")), f"{path.name} wrote no figure to MINIMASKRCNN_OUT"

@@ -1,4 +1,4 @@
-"""``minimaskrcnn bench {roi,nms,conv,model}``: each benchmark is a ``main(argv)`` in its own file."""
+"""``minimaskrcnn bench {roi,nms,conv,model}``: each benchmark is a ``main(argv)`` in its file."""
 
 from __future__ import annotations
 
@@ -6,7 +6,10 @@ import importlib
 import sys
 
 BENCHES = {
-    "roi": ("minimaskrcnn.bench.roi", "RoIAlign and RoIPool, forward and backward, every backend vs torchvision"),
+    "roi": (
+        "minimaskrcnn.bench.roi",
+        "RoIAlign and RoIPool, forward and backward, every backend vs torchvision",
+    ),
     "nms": ("minimaskrcnn.bench.nms", "NMS / batched NMS, every backend vs torchvision"),
     "conv": ("minimaskrcnn.bench.conv", "conv2d versions on ResNet-50-FPN shapes vs torch/cuDNN"),
     "model": ("minimaskrcnn.bench.model", "Mask R-CNN inference time vs torchvision"),

@@ -32,7 +32,9 @@ def _summ(samples) -> Timing:
     return Timing(statistics.median(samples), min(samples), max(samples), list(samples))
 
 
-def time_call(fn, warmup: int = 2, repeat: int = 5, sync=None, max_seconds: float | None = None) -> Timing:
+def time_call(
+    fn, warmup: int = 2, repeat: int = 5, sync=None, max_seconds: float | None = None
+) -> Timing:
     """Median wall time of ``fn()``; ``sync`` (e.g. a device synchronize) is called after each run.
 
     ``max_seconds`` stops repeating early (at least 1 timed run) so slow references stay bounded.
@@ -95,9 +97,9 @@ def format_table(rows: list[dict], columns: list[str] | None = None) -> str:
 
     cells = [[fmt(r.get(c)) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    line = "  ".join(c.ljust(w) for c, w in zip(columns, widths))
+    line = "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))
     sep = "  ".join("-" * w for w in widths)
-    body = ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    body = ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
     return "\n".join([line, sep, *body])
 
 
