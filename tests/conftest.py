@@ -25,7 +25,12 @@ CPU_BACKENDS = ["numpy", "cpu", "numba"]
 
 
 def pytest_report_header(config):
-    return [
+    lines = []
+    if "not gpu" in (config.getoption("markexpr") or ""):
+        # Said up front because with pytest-xdist the workers deselect and the summary is silent.
+        lines.append("tests marked 'gpu' are deselected here (-m 'not gpu'): "
+                     "scripts/gpu_suite.sh runs them on a GPU machine")
+    return lines + [
         f"minimaskrcnn kernel backends here: {backends.available()}",
         f"NUMBA_ENABLE_CUDASIM={os.environ.get('NUMBA_ENABLE_CUDASIM')}",
     ]
