@@ -37,9 +37,9 @@ only the pooled map's stride changes. The single-level RPN
 puts all of the config's anchor sizes at its one level (``AnchorGenerator((sizes,), (ratios,))``).
 Budgets here are a few CPU minutes on a synthetic data set, not 160k COCO iterations.
 
-The trainer (``minimaskrcnn.train.train``) builds its model with ``configs.build(config, ...)``;
-``_building`` swaps that function for the duration of one run so the trainer's loop, data order,
-schedule, checkpoints and evaluation are used unchanged (the trainer takes no model argument).
+The trainer (``minimaskrcnn.train.train``) runs unchanged: its ``build_fn`` argument takes the
+variant's builder, so the loop, data order, schedule, checkpoints and evaluation are the same for
+every operator.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from pathlib import Path
 import numpy as np
 
 from . import backends, ops
-from .configs import build as _BASE_BUILD  # the real builder, also while _building swaps it
+from .configs import build as build_config
 from .models.poolers import (
     MultiScaleRoIAlign,
     _convert_to_roi_format,
@@ -224,7 +224,7 @@ def build_model(config: str, feature: str, op: str, num_classes: int, seed: int 
         raise ValueError(f"ablation.build_model: unknown op {op!r}; the operators are "
                          f"{sorted(POOL_OPS)}")
     if feature == "fpn":
-        model = _BASE_BUILD(config, num_classes=num_classes, seed=seed)
+        model = build_config(config, num_classes=num_classes, seed=seed)
         names = ["0", "1", "2", "3"]
     else:
         c = configs.describe(config)
@@ -261,23 +261,18 @@ def build_model(config: str, feature: str, op: str, num_classes: int, seed: int 
     return model
 
 
-@contextlib.contextmanager
-def _building(config: str, feature: str, op: str):
-    """While active, ``configs.build(config, ...)`` (what the trainer calls) builds our variant."""
-    from . import configs
-
-    real = configs.build
+def _builder(feature: str, op: str):
+    """The ``build_fn`` handed to ``train``: the trainer's call, answered with our variant."""
 
     def build(name, num_classes, seed=None, backbone_weights=None, **overrides):
-        if name != config or backbone_weights is not None or overrides:
-            return _BASE_BUILD(name, num_classes, seed, backbone_weights, **overrides)
-        return build_model(config, feature, op, num_classes, seed)
+        if backbone_weights is not None or overrides:
+            raise ValueError(
+                "compare-roi train: the ablation builds its models from scratch "
+                f"(got backbone_weights={backbone_weights!r}, overrides={sorted(overrides)})"
+            )
+        return build_model(name, feature, op, num_classes, seed)
 
-    configs.build = build
-    try:
-        yield
-    finally:
-        configs.build = real
+    return build
 
 
 # ----------------------------------------------------------------------------- the runs
@@ -413,9 +408,9 @@ def run(data, out, val=None, ops_list=("roipool", "roiwarp", "roialign"), featur
             run_dir = out / f"{f}_{o}_s{s}"
             run_dir.mkdir(parents=True, exist_ok=True)
             # The trainer's evaluation prints two COCO tables per run: keep them in the run folder.
-            with _building(config, f, o), open(run_dir / "stdout.txt", "w") as log, \
-                    contextlib.redirect_stdout(log):
-                summary = train(data, run_dir, config=config, val=val, minutes=minutes,
+            with open(run_dir / "stdout.txt", "w") as log, contextlib.redirect_stdout(log):
+                summary = train(data, run_dir, config=config, build_fn=_builder(f, o),
+                                val=val, minutes=minutes,
                                 max_iters=iters, seed=s, batch_size=batch_size,
                                 warmup_iters=warmup_iters, kernels=kernels,
                                 progress=False, eval_max_images=eval_max_images)

@@ -244,6 +244,7 @@ def train(
     progress: bool = True,
     evaluate_val: bool = True,
     eval_max_images: int | None = None,
+    build_fn=None,
 ) -> dict:
     """Train, checkpoint, evaluate; returns ``{"iterations", "images_per_s", "metrics", ...}``.
 
@@ -251,7 +252,10 @@ def train(
     training time; the shortest of those given. ``milestones`` are fractions of the run: of its
     iterations, or of its time when only ``minutes`` is given. ``backend`` is the array
     backend ("numpy" or "cupy"); ``kernels`` the kernel backend of every op for NumPy arrays
-    ("numpy" or "cpu"; None: each op's default, see ``minimaskrcnn.backends``).
+    ("numpy" or "cpu"; None: each op's default, see ``minimaskrcnn.backends``). ``build_fn``
+    builds the model instead of ``configs.build``, with the same call
+    ``build_fn(config, num_classes=..., seed=..., backbone_weights=...)`` (the RoI ablation passes
+    its operator-swapped variants this way).
     """
     args = dict(locals())  # every argument: _train gets all but kernels
     del args["kernels"]
@@ -297,6 +301,7 @@ def _train(
     progress,
     evaluate_val,
     eval_max_images,
+    build_fn,
 ) -> dict:
     from tqdm import tqdm
 
@@ -330,7 +335,7 @@ def _train(
     if len(loader) == 0:
         raise ValueError(f"train: batch_size {batch_size} is larger than the {len(dataset)} images")
 
-    model = configs.build(
+    model = (build_fn or configs.build)(
         config, num_classes=num_classes, seed=seed, backbone_weights=backbone_weights
     )
     if backend == "cupy":

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torchvision
 
-from minimaskrcnn import Tensor, ablation, backends, compare_roi, configs, ops
+from minimaskrcnn import Tensor, ablation, backends, compare_roi, ops
 from minimaskrcnn.data import CocoDataset
 from minimaskrcnn.data.shapes import write_dataset
 from minimaskrcnn.models.poolers import MultiScaleRoIAlign
@@ -132,15 +132,14 @@ def test_single_level_model_trains_one_iteration(feature, stride, shapes):
     assert w is not None and np.abs(np.asarray(w)).sum() > 0
 
 
-def test_building_swaps_configs_build_only_inside():
-    real = configs.build
-    with pytest.raises(RuntimeError), ablation._building("r18_fpn_tiny", "fpn", "roiwarp"):
-        m = configs.build("r18_fpn_tiny", num_classes=3, seed=0)  # what the trainer calls
-        for pooler, size in ((m.roi_heads.box_roi_pool, 7), (m.roi_heads.mask_roi_pool, 14)):
-            assert pooler.op == "roiwarp" and pooler.output_size == (size, size)
-            assert list(pooler.featmap_names) == ["0", "1", "2", "3"]
-        raise RuntimeError("leave the block")
-    assert configs.build is real
+def test_builder_answers_the_trainers_call_with_the_variant():
+    build = ablation._builder("fpn", "roiwarp")
+    m = build("r18_fpn_tiny", num_classes=3, seed=0, backbone_weights=None)  # the trainer's call
+    for pooler, size in ((m.roi_heads.box_roi_pool, 7), (m.roi_heads.mask_roi_pool, 14)):
+        assert pooler.op == "roiwarp" and pooler.output_size == (size, size)
+        assert list(pooler.featmap_names) == ["0", "1", "2", "3"]
+    with pytest.raises(ValueError, match="from scratch"):
+        build("r18_fpn_tiny", num_classes=3, seed=0, backbone_weights="imagenet.npz")
 
 
 def test_summarize_mean_and_spread():
