@@ -302,3 +302,16 @@ def test_interpolate_on_cupy_matches_numpy(kw):
     # the same indices and weights (computed on the host); GPU sums may differ by an ulp or two
     x = np.random.default_rng(7).standard_normal((2, 3, 8, 6)).astype(np.float32)
     _cupy_matches_numpy(lambda a: ops.interpolate(a, **kw), x, dict(rtol=1e-5, atol=1e-6))
+
+
+def test_max_pool2d_window_wholly_in_the_padding_gives_minus_inf_and_no_gradient():
+    """The configurations left out of the torch comparison above (torch reads outside the input
+    there). Rows: input height 2, kernel 2, stride 2, padding 1, dilation 3 -> the one output row
+    reads rows -1 and 2, both outside the input, so its window is empty."""
+    assert not _every_window_touches_input(2, 2, 2, 1, 3, 1)
+    x = Tensor(np.arange(4.0).reshape(1, 1, 2, 2), requires_grad=True)
+    y = ops.max_pool2d(x, (2, 1), (2, 1), (1, 0), (3, 1))
+    assert y.shape == (1, 1, 1, 2)
+    assert np.all(np.isneginf(y.data))
+    y.sum().backward()
+    np.testing.assert_array_equal(x.grad, np.zeros((1, 1, 2, 2)))
