@@ -37,6 +37,26 @@ backbone stage trainable. ``load_imagenet_backbone`` loads an ImageNet ResNet st
 
 from __future__ import annotations
 
+# The two small CPU configs differ only in the ResNet depth.
+_SMALL_FPN = dict(
+    fpn_channels=128,
+    representation_size=256,
+    mask_layers=(128, 128),
+    mask_dim_reduced=128,
+    anchor_sizes=(16, 32, 64, 128, 256),
+    model_kwargs=dict(
+        min_size=128,
+        max_size=192,
+        rpn_batch_size_per_image=128,
+        box_batch_size_per_image=128,
+        rpn_pre_nms_top_n_train=1000,
+        rpn_post_nms_top_n_train=500,
+        rpn_pre_nms_top_n_test=500,
+        rpn_post_nms_top_n_test=250,
+        box_detections_per_img=50,
+    ),
+)
+
 CONFIGS = {
     # torchvision.models.detection.maskrcnn_resnet50_fpn's defaults (weights=None)
     "r50_fpn": dict(
@@ -48,44 +68,8 @@ CONFIGS = {
         anchor_sizes=None,
         model_kwargs={},
     ),
-    "r34_fpn_small": dict(
-        backbone="resnet34",
-        fpn_channels=128,
-        representation_size=256,
-        mask_layers=(128, 128),
-        mask_dim_reduced=128,
-        anchor_sizes=(16, 32, 64, 128, 256),
-        model_kwargs=dict(
-            min_size=128,
-            max_size=192,
-            rpn_batch_size_per_image=128,
-            box_batch_size_per_image=128,
-            rpn_pre_nms_top_n_train=1000,
-            rpn_post_nms_top_n_train=500,
-            rpn_pre_nms_top_n_test=500,
-            rpn_post_nms_top_n_test=250,
-            box_detections_per_img=50,
-        ),
-    ),
-    "r18_fpn_small": dict(
-        backbone="resnet18",
-        fpn_channels=128,
-        representation_size=256,
-        mask_layers=(128, 128),
-        mask_dim_reduced=128,
-        anchor_sizes=(16, 32, 64, 128, 256),
-        model_kwargs=dict(
-            min_size=128,
-            max_size=192,
-            rpn_batch_size_per_image=128,
-            box_batch_size_per_image=128,
-            rpn_pre_nms_top_n_train=1000,
-            rpn_post_nms_top_n_train=500,
-            rpn_pre_nms_top_n_test=500,
-            rpn_post_nms_top_n_test=250,
-            box_detections_per_img=50,
-        ),
-    ),
+    "r34_fpn_small": {"backbone": "resnet34", **_SMALL_FPN},
+    "r18_fpn_small": {"backbone": "resnet18", **_SMALL_FPN},
     "r18_fpn_tiny": dict(
         backbone="resnet18",
         fpn_channels=32,
