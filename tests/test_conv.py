@@ -194,6 +194,30 @@ def test_conv2d_drawn_shapes(backend, c):
     _drawn_conv2d(backend, c)
 
 
+@settings(max_examples=30, deadline=None)
+@given(c=_cases(small=False))
+def test_conv2d_drawn_shapes_cpu_grad_input_as_full_conv(c):
+    # The cpu backend computes stride-1 grad_input as a forward "full" convolution from
+    # FULL_CONV_MIN_CG input channels on; the drawn shapes have fewer, so lower the bar to 1.
+    from unittest import mock
+
+    from minimaskrcnn.kernels import conv_cpu
+
+    with mock.patch.object(conv_cpu, "FULL_CONV_MIN_CG", 1):
+        _drawn_conv2d("cpu", c)
+
+
+def test_conv2d_cpu_grad_input_full_conv_real_channels(rng):
+    # Above the bar as the model meets it: 16 channels per group, two groups, dilation, a
+    # non-square kernel and uneven padding (one side of the "full" padding is 0).
+    from minimaskrcnn.kernels import conv_cpu
+
+    assert conv_cpu.FULL_CONV_MIN_CG <= 16
+    x, w, b = _draw(rng, 2, 32, 9, 11, 8, 3, 2, groups=2)
+    for dtype in (np.float64, np.float32):
+        _check("cpu", False, x, w, b, dtype=dtype, padding=(2, 1), dilation=(2, 1), groups=2)
+
+
 @settings(max_examples=6, deadline=None)
 @given(c=_cases(small=True))
 def test_conv2d_drawn_shapes_numba(c):
