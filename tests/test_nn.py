@@ -347,6 +347,28 @@ def test_bad_inputs_name_layer_argument_and_shape():
         nn.Conv2d(3, 4, 1, stride=0)
 
 
+def test_conv_layers_share_their_checks_but_keep_their_own_names_and_layouts():
+    # The checks live in _ConvNd; each message must still name the layer that was built.
+    with pytest.raises(
+        ValueError,
+        match=r"ConvTranspose2d: in_channels \(3\) and out_channels \(4\) must be divisible by "
+        r"groups \(2\)",
+    ):
+        nn.ConvTranspose2d(3, 4, 1, groups=2)
+    with pytest.raises(
+        ValueError, match="ConvTranspose2d: output_padding must be non-negative, got -1"
+    ):
+        nn.ConvTranspose2d(3, 4, 1, output_padding=-1)
+    conv, tconv = nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2), nn.ConvTranspose2d(4, 6, 2, 2)
+    assert repr(conv) == "Conv2d(4, 6, kernel_size=(3, 3), stride=(2, 2), padding=(1, 1))"
+    assert repr(tconv) == "ConvTranspose2d(4, 6, kernel_size=(2, 2), stride=(2, 2))"
+    assert not hasattr(conv, "output_padding") and tconv.output_padding == (0, 0)
+    assert conv.weight.shape == (6, 2, 3, 3) and tconv.weight.shape == (4, 6, 2, 2)
+    assert list(conv.state_dict()) == ["weight", "bias"]
+    nobias = nn.ConvTranspose2d(4, 6, 2, bias=False)
+    assert nobias.bias is None and list(nobias.state_dict()) == ["weight"]
+
+
 # ------------------------------------------------------------------------------------ GPU (CuPy)
 @pytest.mark.gpu
 def test_layers_after_to_cupy_match_numpy():

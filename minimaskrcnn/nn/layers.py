@@ -59,11 +59,75 @@ def _check_channels(layer: str, x, channels: int, ndim=4, layout="(N, C, H, W)")
 
 
 # ============================================================================ convolutions
-class Conv2d(Module):
+class _ConvNd(Module):
+    """What Conv2d and ConvTranspose2d share, as torch's ``_ConvNd``: the checks, the weight and
+    bias, and their initialisation.
+
+    The subclasses differ in the weight's layout, (C_out, C_in/groups, kh, kw) or, transposed,
+    (C_in, C_out/groups, kh, kw), and in output_padding (transposed only). fan_in is
+    weight.shape[1] * kh * kw either way, as torch computes it.
+    """
+
+    _name = ""  # the layer in error messages: "Conv2d" or "ConvTranspose2d"
+
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride,
+        padding,
+        dilation,
+        groups,
+        bias,
+        dtype,
+        rng,
+        transposed,
+        output_padding=0,
+    ):
+        super().__init__()
+        name = self._name
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"{name}: in_channels ({in_channels}) and out_channels ({out_channels}) "
+                f"must be divisible by groups ({groups})"
+            )
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size = _checks.pair(name, "kernel_size", kernel_size)
+        self.stride = _checks.pair(name, "stride", stride)
+        self.padding = _checks.pair(name, "padding", padding, allow_zero=True)
+        if transposed:
+            self.output_padding = _checks.pair(
+                name, "output_padding", output_padding, allow_zero=True
+            )
+        self.dilation = _checks.pair(name, "dilation", dilation)
+        kh, kw = self.kernel_size
+        if transposed:
+            shape = (in_channels, out_channels // groups, kh, kw)
+        else:
+            shape = (out_channels, in_channels // groups, kh, kw)
+        bound = 1 / math.sqrt(shape[1] * kh * kw)
+        # rng reaches each draw unresolved, as it always has: an int seed gives the weight and the
+        # bias a fresh generator each, so resolving it once here would change a seeded bias.
+        self.weight = Parameter(_uniform(rng, shape, bound, dtype))
+        self.bias = Parameter(_uniform(rng, (out_channels,), bound, dtype)) if bias else None
+        if not bias:
+            self.register_parameter("bias", None)
+
+    def extra_repr(self):
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}"
+        )
+
+
+class Conv2d(_ConvNd):
     """torch.nn.Conv2d (padding_mode 'zeros').
 
     weight (C_out, C_in/groups, kh, kw), bias (C_out,).
     """
+
+    _name = "Conv2d"
 
     def __init__(
         self,
@@ -78,27 +142,19 @@ class Conv2d(Module):
         dtype=np.float32,
         rng=None,
     ):
-        super().__init__()
-        name = "Conv2d"
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(
-                f"{name}: in_channels ({in_channels}) and out_channels ({out_channels}) "
-                f"must be divisible by groups ({groups})"
-            )
-        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
-        self.kernel_size = _checks.pair(name, "kernel_size", kernel_size)
-        self.stride = _checks.pair(name, "stride", stride)
-        self.padding = _checks.pair(name, "padding", padding, allow_zero=True)
-        self.dilation = _checks.pair(name, "dilation", dilation)
-        kh, kw = self.kernel_size
-        fan_in = in_channels // groups * kh * kw
-        bound = 1 / math.sqrt(fan_in)
-        self.weight = Parameter(
-            _uniform(rng, (out_channels, in_channels // groups, kh, kw), bound, dtype)
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+            dtype,
+            rng,
+            transposed=False,
         )
-        self.bias = Parameter(_uniform(rng, (out_channels,), bound, dtype)) if bias else None
-        if not bias:
-            self.register_parameter("bias", None)
 
     def forward(self, x):
         from ..ops import conv2d
@@ -115,17 +171,16 @@ class Conv2d(Module):
         )
 
     def extra_repr(self):
-        return (
-            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-            f"stride={self.stride}, padding={self.padding}"
-        )
+        return f"{super().extra_repr()}, padding={self.padding}"
 
 
-class ConvTranspose2d(Module):
+class ConvTranspose2d(_ConvNd):
     """torch.nn.ConvTranspose2d.
 
     weight (C_in, C_out/groups, kh, kw) — note C_in first, as in torch; bias (C_out,).
     """
+
+    _name = "ConvTranspose2d"
 
     def __init__(
         self,
@@ -141,29 +196,20 @@ class ConvTranspose2d(Module):
         dtype=np.float32,
         rng=None,
     ):
-        super().__init__()
-        name = "ConvTranspose2d"
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(
-                f"{name}: in_channels ({in_channels}) and out_channels ({out_channels}) "
-                f"must be divisible by groups ({groups})"
-            )
-        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
-        self.kernel_size = _checks.pair(name, "kernel_size", kernel_size)
-        self.stride = _checks.pair(name, "stride", stride)
-        self.padding = _checks.pair(name, "padding", padding, allow_zero=True)
-        self.output_padding = _checks.pair(name, "output_padding", output_padding, allow_zero=True)
-        self.dilation = _checks.pair(name, "dilation", dilation)
-        kh, kw = self.kernel_size
-        # torch computes fan_in from weight.shape[1] * kh * kw, i.e. out_channels/groups here.
-        fan_in = out_channels // groups * kh * kw
-        bound = 1 / math.sqrt(fan_in)
-        self.weight = Parameter(
-            _uniform(rng, (in_channels, out_channels // groups, kh, kw), bound, dtype)
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+            dtype,
+            rng,
+            transposed=True,
+            output_padding=output_padding,
         )
-        self.bias = Parameter(_uniform(rng, (out_channels,), bound, dtype)) if bias else None
-        if not bias:
-            self.register_parameter("bias", None)
 
     def forward(self, x):
         from ..ops import conv_transpose2d
@@ -178,12 +224,6 @@ class ConvTranspose2d(Module):
             output_padding=self.output_padding,
             groups=self.groups,
             dilation=self.dilation,
-        )
-
-    def extra_repr(self):
-        return (
-            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-            f"stride={self.stride}"
         )
 
 
