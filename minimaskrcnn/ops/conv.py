@@ -91,6 +91,21 @@ def _needs(*args):
     return tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
 
 
+def _start_forward(ctx, op, x, weight, bias, args, backend, version, needs):
+    """The forward set-up both Functions share; returns ``x, weight, bias`` made contiguous.
+
+    Puts in ``ctx`` the kernel module (``k``) and its ``version=`` (``kw``), and what the backward
+    reads: ``args`` = (stride, padding, dilation, groups), ``needs``, ``has_bias`` and the saved
+    ``x`` and ``weight``.
+    """
+    ctx.k, ctx.kw = _kernels(backend, version, op)
+    x, weight, bias = _contig(x), _contig(weight), _contig(bias)
+    ctx.needs, ctx.args = needs, args
+    ctx.save_for_backward(x, weight)
+    ctx.has_bias = bias is not None
+    return x, weight, bias
+
+
 # ============================================================================ conv2d
 class Conv2dFunction(Function):
     @staticmethod
@@ -107,13 +122,11 @@ class Conv2dFunction(Function):
         version=None,
         needs=(True, True, True),
     ):
-        k, kw = _kernels(backend, version, "conv2d")
-        x, weight, bias = _contig(x), _contig(weight), _contig(bias)
-        ctx.k, ctx.kw, ctx.needs = k, kw, needs
-        ctx.args = (stride, padding, dilation, groups)
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        return k.forward(x, weight, bias, stride, padding, dilation, groups, **kw)
+        args = (stride, padding, dilation, groups)
+        x, weight, bias = _start_forward(
+            ctx, "conv2d", x, weight, bias, args, backend, version, needs
+        )
+        return ctx.k.forward(x, weight, bias, *args, **ctx.kw)
 
     @staticmethod
     def backward(ctx, g):
@@ -205,15 +218,12 @@ class ConvTranspose2dFunction(Function):
         version=None,
         needs=(True, True, True),
     ):
-        k, kw = _kernels(backend, version, "conv_transpose2d")
-        x, weight, bias = _contig(x), _contig(weight), _contig(bias)
-        ctx.k, ctx.kw, ctx.needs = k, kw, needs
-        ctx.args = (stride, padding, dilation, groups)
         ctx.hw = x.shape[2:]
         n, c, h, w = x.shape
         # output_padding >= stride (legal when < dilation) gives an output whose conv2d is one row
         # or column larger than x: the kernels always see matching sizes, so pad x with zeros
-        # (they add nothing) and crop the input gradient back in the backward.
+        # (they add nothing) and crop the input gradient back in the backward. This comes before
+        # _start_forward so that the padded x is the one saved for grad_weight.
         full = tuple(
             (s + 2 * p - d * (kk - 1) - 1) // st + 1
             for s, p, d, kk, st in zip(
@@ -225,11 +235,13 @@ class ConvTranspose2dFunction(Function):
             ext = xp.zeros((n, c) + full, dtype=x.dtype)
             ext[:, :, :h, :w] = x
             x = ext
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
+        args = (stride, padding, dilation, groups)
+        x, weight, bias = _start_forward(
+            ctx, "conv_transpose2d", x, weight, bias, args, backend, version, needs
+        )
         # conv_transpose2d(x) = grad of conv2d w.r.t. its input, for a conv2d from O to C channels.
         out_shape = (n, weight.shape[1] * groups, out_hw[0], out_hw[1])
-        out = k.grad_input(x, weight, out_shape, *ctx.args, **kw)
+        out = ctx.k.grad_input(x, weight, out_shape, *args, **ctx.kw)
         if bias is not None:
             out += bias.reshape(1, -1, 1, 1)
         return out
