@@ -4,6 +4,7 @@
     minimaskrcnn train --data shapes/train --val shapes/val --config r18_fpn_small --out runs/a \\
         --minutes 20
     minimaskrcnn train ... --out runs/a --resume          # continue an interrupted run
+    minimaskrcnn train ... --workers 2                    # data-parallel on 2 processes
 
 Data layout: ``--data DIR`` is a folder with ``images/`` and ``annotations.json`` (COCO format),
 what ``minimaskrcnn shapes`` writes for each split; ``--ann FILE`` points at another json. A folder
@@ -38,6 +39,11 @@ order and flips (``DataLoader``: from (seed, epoch, sample)), and the samplers' 
 and RoIs (from (seed, iteration), set before each step). So one seed gives the same losses twice,
 and a resumed run the same losses as an uninterrupted one (with ``--epochs`` or ``--iters``; with
 ``--minutes`` the learning-rate steps fall where the time budget's fractions do, which varies).
+
+``--workers N`` (N >= 2) splits each batch into N equal parts, one per worker process, and averages
+their gradients before the step, as torch's DistributedDataParallel without SyncBatchNorm does;
+``minimaskrcnn.parallel`` explains how. The same seed gives the same run for a given N, but not the
+run of another N (BatchNorm sees B/N images per worker, the samplers draw per worker).
 """
 
 from __future__ import annotations
@@ -72,9 +78,10 @@ def resolve_data_dir(data, ann=None, split="train"):
     )
 
 
-def seed_iteration(model, seed: int, it: int) -> None:
-    """Point every random choice inside the model at a generator made from (seed, it)."""
-    g = np.random.default_rng([seed, 1, it])
+def seed_iteration(model, seed: int, it: int, rank: int | None = None) -> None:
+    """Point every random choice inside the model at a generator made from (seed, it), or from
+    (seed, it, rank) in worker ``rank`` of a data-parallel run (each worker samples for itself)."""
+    g = np.random.default_rng([seed, 1, it] if rank is None else [seed, 1, it, rank])
     for owner in (getattr(model, "rpn", None), getattr(model, "roi_heads", None)):
         sampler = getattr(owner, "fg_bg_sampler", None)
         if sampler is not None:
@@ -101,6 +108,29 @@ def _scalar(v) -> float:
     from . import backends
 
     return float(backends.to_numpy(getattr(v, "data", v)))
+
+
+def make_dataset(images_dir, ann_path, hflip: float):
+    """The training set (the main process and every worker build it alike)."""
+    from .data import CocoDataset, Compose, RandomHorizontalFlip
+
+    transforms = Compose([RandomHorizontalFlip(hflip)]) if hflip > 0 else None
+    return CocoDataset(
+        images_dir, ann_path, transforms=transforms, remove_images_without_annotations=True
+    )  # as torchvision's references
+
+
+def losses_and_grads(model, images, targets, backend: str = "numpy"):
+    """Forward + backward of one (part of a) batch: ``(loss values, total loss)``, the gradients
+    left in ``p.grad``. A non-finite loss skips the backward: the caller stops the run."""
+    losses = model(images, _to_device(targets, backend))
+    loss = sum(losses.values())
+    values = {k: _scalar(v) for k, v in losses.items()}
+    total = _scalar(loss)
+    if math.isfinite(total):
+        model.zero_grad()
+        loss.backward()
+    return values, total
 
 
 def read_log(path) -> list[dict]:
@@ -245,6 +275,7 @@ def train(
     evaluate_val: bool = True,
     eval_max_images: int | None = None,
     build_fn=None,
+    workers: int = 1,
 ) -> dict:
     """Train, checkpoint, evaluate; returns ``{"iterations", "images_per_s", "metrics", ...}``.
 
@@ -255,7 +286,9 @@ def train(
     ("numpy" or "cpu"; None: each op's default, see ``minimaskrcnn.backends``). ``build_fn``
     builds the model instead of ``configs.build``, with the same call
     ``build_fn(config, num_classes=..., seed=..., backbone_weights=...)`` (the RoI ablation passes
-    its operator-swapped variants this way).
+    its operator-swapped variants this way; with ``workers`` >= 2 it must be picklable, a
+    module-level function). ``workers``: processes of a data-parallel run (see
+    ``minimaskrcnn.parallel``); 1 trains in this process.
     """
     args = dict(locals())  # every argument: _train gets all but kernels
     del args["kernels"]
@@ -267,6 +300,17 @@ def train(
         raise ValueError(
             "train: kernels applies to NumPy arrays; with backend 'cupy' every op runs "
             "its CUDA kernels"
+        )
+    if not (isinstance(workers, int) and workers >= 1):
+        raise ValueError(f"train: workers must be an int >= 1, got {workers!r}")
+    if workers > 1 and backend != "numpy":
+        raise ValueError(
+            f"train: workers={workers} runs on the 'numpy' array backend only, got {backend!r}"
+        )
+    if batch_size % workers:
+        raise ValueError(
+            f"train: batch_size {batch_size} must be divisible by workers {workers} "
+            "(each worker takes batch_size / workers images)"
         )
     with backends.use(kernels) if kernels is not None else contextlib.nullcontext():
         return _train(**args)
@@ -302,12 +346,13 @@ def _train(
     evaluate_val,
     eval_max_images,
     build_fn,
+    workers,
 ) -> dict:
     from tqdm import tqdm
 
-    from . import backends, configs
+    from . import backends, configs, parallel
     from .checkpoint import restore, save_checkpoint
-    from .data import CocoDataset, Compose, DataLoader, RandomHorizontalFlip
+    from .data import CocoDataset, DataLoader
     from .evaluate import evaluate, write_json_atomic
 
     if epochs is None and minutes is None and max_iters is None:
@@ -322,10 +367,7 @@ def _train(
     out.mkdir(parents=True, exist_ok=True)
 
     images_dir, ann_path = resolve_data_dir(data, ann)
-    transforms = Compose([RandomHorizontalFlip(hflip)]) if hflip > 0 else None
-    dataset = CocoDataset(
-        images_dir, ann_path, transforms=transforms, remove_images_without_annotations=True
-    )  # as torchvision's references
+    dataset = make_dataset(images_dir, ann_path, hflip)
     if len(dataset) == 0:
         raise ValueError(f"train: {ann_path} has no image with a usable annotation")
     num_classes = len(dataset.class_names)
@@ -380,6 +422,7 @@ def _train(
                 backend=backend,
                 kernels=backends.get_default(),
                 batch_size=batch_size,
+                workers=workers,
                 lr=lr,
                 momentum=momentum,
                 weight_decay=weight_decay,
@@ -423,22 +466,45 @@ def _train(
         dynamic_ncols=True,
     )
     by_time = minutes is not None and schedule.total_iters is None  # time places the milestones
+    pool = None
+    if workers > 1:
+        pool = parallel.WorkerPool(
+            model,
+            params,
+            workers,
+            images_dir=images_dir,
+            ann_path=ann_path,
+            hflip=hflip,
+            config=config,
+            num_classes=num_classes,
+            seed=seed,
+            kernels=backends.get_default(),
+            build_fn=build_fn,
+        )
     try:
+        if pool is not None:
+            pool.start()  # the workers get the model as it is now (restored, when resuming)
         while it < total:
-            for images, targets in loader.iterate(epoch, start=batch):
+            # One process: batches of loaded images. Workers: batches of sample numbers, each
+            # worker loads its own share.
+            batches = (
+                loader.iterate(epoch, start=batch)
+                if pool is None
+                else parallel.batch_samples(loader, epoch, batch)
+            )
+            for data_batch in batches:
                 t0 = time.perf_counter()
-                seed_iteration(model, seed, it)
-                losses = model(images, _to_device(targets, backend))
-                loss = sum(losses.values())
-                values = {k: _scalar(v) for k, v in losses.items()}
-                total_loss = _scalar(loss)
+                if pool is None:
+                    images, targets = data_batch
+                    seed_iteration(model, seed, it)
+                    values, total_loss = losses_and_grads(model, images, targets, backend)
+                else:  # the mean of the workers' losses; p.grad: the mean of their gradients
+                    values, total_loss = pool.step(it, epoch, data_batch)
                 if not math.isfinite(total_loss):
                     raise FloatingPointError(
                         f"train: the loss is {total_loss} at iteration {it} ({values}); "
                         f"lower --lr (now {schedule.lr()}) or --clip"
                     )
-                optimizer.zero_grad()
-                loss.backward()
                 grad_norm = clip_grad_norm_(params, clip) if clip > 0 else float("nan")
                 step_lr = schedule.lr()
                 optimizer.step()
@@ -459,7 +525,7 @@ def _train(
                     "loss": total_loss,
                     **values,
                     "grad_norm": grad_norm,
-                    "images_per_s": len(images) / dt,
+                    "images_per_s": len(data_batch) / dt,
                     "elapsed_s": elapsed,
                     "time": time.time(),
                 }
@@ -470,14 +536,21 @@ def _train(
                 if minutes is not None and elapsed >= minutes * 60:
                     total = it  # out of time: stop here
                 if it % ckpt_every == 0 and it < total:
+                    if pool is not None:
+                        pool.pull_buffers(model)  # rank 0's BatchNorm statistics, as DDP saves
                     checkpoint(ckpt_path)
                     plot_loss_curve(log_path, out / "loss_curve.png")
                 if it >= total:
                     break
             else:
                 epoch, batch = epoch + 1, 0
+        if pool is not None:
+            pool.pull_buffers(model)
+            pool.stop()
     finally:
         bar.close()
+        if pool is not None:
+            pool.close()  # also on errors and Ctrl-C: no worker and no shared memory left behind
     checkpoint(ckpt_path)
     checkpoint(out / "model_final.npz")
     plot_loss_curve(log_path, out / "loss_curve.png")
@@ -559,6 +632,12 @@ def main(argv=None) -> int:
         help="kernel backend of every op on NumPy arrays (default: each op's own choice)",
     )
     p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="data-parallel worker processes (batch size divisible by it; default 1: none)",
+    )
     p.add_argument("--lr", type=float, default=0.02)
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=1e-4)
@@ -588,6 +667,7 @@ def main(argv=None) -> int:
             backend=a.backend,
             kernels=a.kernels,
             batch_size=a.batch_size,
+            workers=a.workers,
             lr=a.lr,
             momentum=a.momentum,
             weight_decay=a.weight_decay,
