@@ -43,6 +43,10 @@ The choices, and why:
 * A worker's exception is re-raised in the main with the worker's traceback; a worker that dies
   is noticed (the main polls with a timeout and checks ``is_alive()``), never waited for forever.
   Workers ignore Ctrl-C: the main stops them and unlinks the shared memory in a ``finally``.
+
+Spawned workers import the main module anew, so a script that calls ``train(..., workers=N)``
+needs the usual ``if __name__ == "__main__":`` guard (the ``minimaskrcnn`` command has it), and a
+``build_fn`` must be picklable (a module-level function).
 """
 
 from __future__ import annotations
@@ -230,8 +234,8 @@ class WorkerPool:
             )
         self._put_params()
         k = len(samples) // self.workers
-        for r, conn in enumerate(self.conns):
-            conn.send(("step", it, epoch, samples[r * k : (r + 1) * k]))
+        for r in range(self.workers):
+            self._send(r, ("step", it, epoch, samples[r * k : (r + 1) * k]))
         replies = [self._recv(r, "done") for r in range(self.workers)]
         mean = self.flat_grads.mean(axis=0)  # (P,), a fresh array: the next step reuses grads
         for i, p in enumerate(self.params):
@@ -244,13 +248,22 @@ class WorkerPool:
 
     def pull_buffers(self, model) -> None:
         """Worker 0's buffers (BatchNorm statistics) into ``model``, as DDP keeps rank 0's."""
-        self.conns[0].send(("buffers",))
+        self._send(0, ("buffers",))
         model.load_state_dict(self._recv(0, "buffers")[1], strict=False)
 
     # ------------------------------------------------------------------ helpers
     def _put_params(self) -> None:
         for i, p in enumerate(self.params):
             self.flat_params[self.offsets[i] : self.offsets[i + 1]] = p.data.reshape(-1)
+
+    def _send(self, r: int, msg) -> None:
+        try:
+            self.conns[r].send(msg)
+        except OSError:  # a broken pipe: the worker is gone; say which and how
+            self.procs[r].join(timeout=10)
+            raise WorkerError(
+                f"train: worker {r} died (exit code {self.procs[r].exitcode})"
+            ) from None
 
     def _recv(self, r: int, kind: str):
         """Worker r's next message, which must be ``kind``; its error or death raised here."""
