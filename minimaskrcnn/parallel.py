@@ -78,7 +78,7 @@ def batch_samples(loader, epoch: int, start: int = 0):
     index of the sample at position j of the epoch): ``DataLoader``'s batches, not loaded."""
     order, b_size = loader.order(epoch), loader.batch_size
     for b in range(start, len(loader)):
-        yield [(int(order[j]), j) for j in range(b * b_size, (b + 1) * b_size)]
+        yield [(int(order[j]), j) for j in range(b * b_size, min((b + 1) * b_size, len(order)))]
 
 
 def load_samples(dataset, samples, seed: int, epoch: int):
@@ -128,7 +128,6 @@ class WorkerPool:
             raise ValueError(f"WorkerPool: parameters must be float32 NumPy arrays, got {bad[0]}")
         self.model, self.params, self.workers = model, list(params), workers
         self.offsets, self.shapes = _layout(self.params)
-        self.seed = seed
         self.spec = dict(
             images_dir=str(images_dir),
             ann_path=str(ann_path),
