@@ -496,10 +496,12 @@ def _train(
                 t0 = time.perf_counter()
                 if pool is None:
                     images, targets = data_batch
+                    n_images = len(images)
                     seed_iteration(model, seed, it)
                     values, total_loss = losses_and_grads(model, images, targets, backend)
                 else:  # the mean of the workers' losses; p.grad: the mean of their gradients
                     values, total_loss = pool.step(it, epoch, data_batch)
+                    n_images = len(data_batch)  # sample numbers
                 if not math.isfinite(total_loss):
                     raise FloatingPointError(
                         f"train: the loss is {total_loss} at iteration {it} ({values}); "
@@ -525,7 +527,7 @@ def _train(
                     "loss": total_loss,
                     **values,
                     "grad_norm": grad_norm,
-                    "images_per_s": len(data_batch) / dt,
+                    "images_per_s": n_images / dt,
                     "elapsed_s": elapsed,
                     "time": time.time(),
                 }

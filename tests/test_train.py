@@ -61,6 +61,10 @@ def test_losses_finite_and_files_written(uninterrupted):
         ):
             assert np.isfinite(r[k]), (k, r)
         assert r["loss"] == pytest.approx(sum(r[k] for k in train_mod.LOSS_NAMES), rel=1e-5)
+    # images/s counts the images of the step (2 per batch here): the step times add up to the
+    # training time the log reports
+    step_s = [KW["batch_size"] / r["images_per_s"] for r in recs]
+    assert sum(step_s) == pytest.approx(recs[-1]["elapsed_s"], rel=1e-6)
     assert (out / "checkpoint.npz").is_file() and (out / "model_final.npz").is_file()
     assert (out / "loss_curve.png").stat().st_size > 1000
     assert (
