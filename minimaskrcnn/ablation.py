@@ -261,18 +261,22 @@ def build_model(config: str, feature: str, op: str, num_classes: int, seed: int 
     return model
 
 
-def _builder(feature: str, op: str):
-    """The ``build_fn`` handed to ``train``: the trainer's call, answered with our variant."""
+class _Builder:
+    """The ``build_fn`` handed to ``train``: the trainer's call, answered with our variant.
 
-    def build(name, num_classes, seed=None, backbone_weights=None, **overrides):
+    A module-level class rather than a closure so that it pickles: ``train(workers=N)`` sends it
+    to the worker processes, which build the same variant."""
+
+    def __init__(self, feature: str, op: str):
+        self.feature, self.op = feature, op
+
+    def __call__(self, name, num_classes, seed=None, backbone_weights=None, **overrides):
         if backbone_weights is not None or overrides:
             raise ValueError(
                 "compare-roi train: the ablation builds its models from scratch "
                 f"(got backbone_weights={backbone_weights!r}, overrides={sorted(overrides)})"
             )
-        return build_model(name, feature, op, num_classes, seed)
-
-    return build
+        return build_model(name, self.feature, self.op, num_classes, seed)
 
 
 # ----------------------------------------------------------------------------- the runs
@@ -375,7 +379,8 @@ def _save(out: Path, rows: list, meta: dict) -> None:
 
 def run(data, out, val=None, ops_list=("roipool", "roiwarp", "roialign"), features=("c5",),
         seeds=(0, 1), minutes=None, iters=None, config="r18_fpn_small", batch_size=4,
-        eval_max_images=None, warmup_iters=100, progress=True, kernels=None) -> list:
+        eval_max_images=None, warmup_iters=100, progress=True, kernels=None, lr=0.02,
+        workers=1) -> list:
     """Train and evaluate every (feature, op, seed); write RUN/results.json and results.md after
     each run (so an interrupted ablation keeps what finished). Returns the rows."""
     from tqdm import tqdm
@@ -388,10 +393,12 @@ def run(data, out, val=None, ops_list=("roipool", "roiwarp", "roialign"), featur
     out.mkdir(parents=True, exist_ok=True)
     val = val if val is not None else data
     budget = (f"{iters} iterations" if iters is not None else f"{minutes} min of training") + \
-             f" per run, batch {batch_size}, warmup {warmup_iters}"
+             f" per run, batch {batch_size}, lr {lr}, warmup {warmup_iters}" + \
+             (f", {workers} worker processes" if workers > 1 else "")
     meta = dict(data=str(data), val=str(val), config=config, features=list(features),
                 ops=list(ops_list), seeds=list(seeds), minutes=minutes, iters=iters,
-                batch_size=batch_size, budget=budget, eval_max_images=eval_max_images,
+                batch_size=batch_size, lr=lr, workers=workers, budget=budget,
+                eval_max_images=eval_max_images,
                 started=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))
     # Seed inside feature, operator innermost: an interrupted ablation has every operator of
     # the first seeds rather than every seed of the first operators.
@@ -409,10 +416,11 @@ def run(data, out, val=None, ops_list=("roipool", "roiwarp", "roialign"), featur
             run_dir.mkdir(parents=True, exist_ok=True)
             # The trainer's evaluation prints two COCO tables per run: keep them in the run folder.
             with open(run_dir / "stdout.txt", "w") as log, contextlib.redirect_stdout(log):
-                summary = train(data, run_dir, config=config, build_fn=_builder(f, o),
+                summary = train(data, run_dir, config=config, build_fn=_Builder(f, o),
                                 val=val, minutes=minutes,
                                 max_iters=iters, seed=s, batch_size=batch_size,
-                                warmup_iters=warmup_iters, kernels=kernels,
+                                warmup_iters=warmup_iters, kernels=kernels, lr=lr,
+                                workers=workers,
                                 progress=False, eval_max_images=eval_max_images)
             row.update(status="done", metrics=summary.get("metrics", {}),
                        iterations=summary["iterations"], train_minutes=summary["train_minutes"],
@@ -446,6 +454,9 @@ def main(argv=None) -> int:
     p.add_argument("--iters", type=int, help="iterations per run (the shorter of the two)")
     p.add_argument("--config", default="r18_fpn_small", help="base model config")
     p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--lr", type=float, default=0.02, help="base learning rate")
+    p.add_argument("--workers", type=int, default=1,
+                   help="data-parallel worker processes per run (see minimaskrcnn.parallel)")
     p.add_argument("--warmup-iters", type=int, default=100, help="linear LR warmup iterations")
     p.add_argument("--eval-max-images", type=int, help="evaluate on the first N val images")
     p.add_argument("--out", default="runs/compare_roi", help="run folder")
@@ -479,7 +490,8 @@ def main(argv=None) -> int:
     rows = run(data, out, val=val, ops_list=ops_list, features=features, seeds=seeds,
                minutes=minutes, iters=iters, config=config,
                batch_size=2 if a.quick else a.batch_size, eval_max_images=a.eval_max_images,
-               warmup_iters=warmup, progress=not a.no_progress, kernels=a.kernels)
+               warmup_iters=warmup, progress=not a.no_progress, kernels=a.kernels, lr=a.lr,
+               workers=a.workers)
     print(format_tables(rows, json.loads((out / "results.json").read_text())["meta"]))
     print(f"written: {out / 'results.json'}, {out / 'results.md'}")
     return 0 if all(r["status"] == "done" for r in rows) else 1

@@ -133,7 +133,10 @@ def test_single_level_model_trains_one_iteration(feature, stride, shapes):
 
 
 def test_builder_answers_the_trainers_call_with_the_variant():
-    build = ablation._builder("fpn", "roiwarp")
+    import pickle
+
+    # train(workers=N) pickles the builder to its worker processes: the copy builds the same
+    build = pickle.loads(pickle.dumps(ablation._Builder("fpn", "roiwarp")))
     m = build("r18_fpn_tiny", num_classes=3, seed=0, backbone_weights=None)  # the trainer's call
     for pooler, size in ((m.roi_heads.box_roi_pool, 7), (m.roi_heads.mask_roi_pool, 14)):
         assert pooler.op == "roiwarp" and pooler.output_size == (size, size)
