@@ -194,6 +194,24 @@ def test_configs_build_and_errors():
         configs.build("r18_fpn_tiny", num_classes=1)
 
 
+@pytest.mark.parametrize("name", sorted(set(configs.CONFIGS) - {"r50_fpn"}))
+def test_every_small_config_builds_with_its_table_widths(name):
+    # The module docstring's table is what users read: the built modules must say the same.
+    c = configs.describe(name)
+    m = configs.build(name, num_classes=5, seed=0)
+    C = c["fpn_channels"]
+    assert m.backbone.out_channels == C
+    assert m.backbone.fpn.layer_blocks[0][0].weight.shape == (C, C, 3, 3)
+    assert m.roi_heads.box_head.fc6.weight.shape == (c["representation_size"], C * 7 * 7)
+    assert [b[0].weight.shape[0] for b in m.roi_heads.mask_head] == list(c["mask_layers"])
+    assert m.roi_heads.fg_bg_sampler.batch_size_per_image == c["model_kwargs"][
+        "box_batch_size_per_image"
+    ]
+    row = next(line for line in configs.__doc__.splitlines() if line.startswith(name + " "))
+    assert row.split()[2] == str(C) and row.split()[6] == str(c["model_kwargs"][
+        "box_batch_size_per_image"])
+
+
 def test_imagenet_backbone_weights_load(tmp_path):
     m = configs.build("r18_fpn_tiny", num_classes=3, seed=0)
     body = m.backbone.body.state_dict()
