@@ -338,6 +338,11 @@ def format_tables(rows: list, meta: dict) -> str:
         cells = [s["feature"], s["op"], runs]
         cells += [_cell(s[f"segm_{m}"]) for m in METRICS] + [_cell(s[f"bbox_{m}"]) for m in METRICS]
         lines.append("| " + " | ".join(cells) + " |")
+    failed = [r for r in rows if r.get("status") not in ("done", None)]
+    if failed:
+        lines.append("")
+        lines += [f"- not in the table: {r['feature']} {r['op']} seed {r['seed']}: {r['status']}"
+                  + (f" ({r['error']})" if r.get("error") else "") for r in failed]
     lines += ["", "## The paper (COCO trainval35k -> minival, ResNet-50, full schedule)", ""]
     lines.append("Table 2c, ResNet-50-C4 (stride 16), mask AP (RoIWarp/RoIAlign: average rows):")
     lines.append("")
@@ -415,13 +420,21 @@ def run(data, out, val=None, ops_list=("roipool", "roiwarp", "roialign"), featur
             run_dir = out / f"{f}_{o}_s{s}"
             run_dir.mkdir(parents=True, exist_ok=True)
             # The trainer's evaluation prints two COCO tables per run: keep them in the run folder.
-            with open(run_dir / "stdout.txt", "w") as log, contextlib.redirect_stdout(log):
-                summary = train(data, run_dir, config=config, build_fn=_Builder(f, o),
-                                val=val, minutes=minutes,
-                                max_iters=iters, seed=s, batch_size=batch_size,
-                                warmup_iters=warmup_iters, kernels=kernels, lr=lr,
-                                workers=workers,
-                                progress=False, eval_max_images=eval_max_images)
+            try:
+                with open(run_dir / "stdout.txt", "w") as log, contextlib.redirect_stdout(log):
+                    summary = train(data, run_dir, config=config, build_fn=_Builder(f, o),
+                                    val=val, minutes=minutes,
+                                    max_iters=iters, seed=s, batch_size=batch_size,
+                                    warmup_iters=warmup_iters, kernels=kernels, lr=lr,
+                                    workers=workers,
+                                    progress=False, eval_max_images=eval_max_images)
+            except FloatingPointError as e:
+                # One variant diverging (a non-finite loss) is a result, not a reason to lose
+                # the others: recorded, listed under the table, and the ablation goes on.
+                row.update(status="diverged", error=str(e), run_dir=str(run_dir))
+                _save(out, rows, meta)
+                bar.update(1)
+                continue
             row.update(status="done", metrics=summary.get("metrics", {}),
                        iterations=summary["iterations"], train_minutes=summary["train_minutes"],
                        images_per_s=summary["images_per_s"], final_loss=summary["final_loss"],

@@ -181,3 +181,25 @@ def test_cli_quick_writes_every_row(shapes, tmp_path, capsys):
     assert "Table 2d" in printed and "| c5 | roialign | 2/2 |" in printed
     assert (out / "results.md").read_text().startswith("## Ours")
     assert (out / "c5_roipool_s1" / "stdout.txt").read_text().count("IoU metric") == 2
+
+
+def test_a_diverged_run_is_recorded_and_the_others_go_on(shapes, tmp_path, monkeypatch):
+    import minimaskrcnn.train as train_mod
+
+    real = train_mod.train
+
+    def train(data, out, build_fn=None, **kw):  # roipool "diverges"; the others train for real
+        if build_fn.op == "roipool":
+            raise FloatingPointError("train: the loss is nan at iteration 0")
+        return real(data, out, build_fn=build_fn, **kw)
+
+    monkeypatch.setattr(train_mod, "train", train)
+    rows = ablation.run(shapes / "train", tmp_path, val=shapes / "val", features=("c5",),
+                        ops_list=("roipool", "roialign"), seeds=(0,), iters=1,
+                        config="r18_fpn_tiny", batch_size=2, eval_max_images=1,
+                        warmup_iters=1, progress=False, kernels="numpy")
+    assert [(r["op"], r["status"]) for r in rows] == [("roipool", "diverged"),
+                                                      ("roialign", "done")]
+    md = (tmp_path / "results.md").read_text()
+    assert "| c5 | roipool | 0/1 PARTIAL |" in md
+    assert "- not in the table: c5 roipool seed 0: diverged (train: the loss is nan" in md
