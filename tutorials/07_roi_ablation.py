@@ -189,8 +189,11 @@ print("findings hold: RoIAlign is closest at every stride; rounding hurts more a
 #
 # Here (quick mode, what CI runs) it is a smoke run: a handful of iterations of the tiny config on
 # a tiny shapes set, so the APs are near zero and say nothing about the operators. The committed
-# reduced-budget results are in `docs/roi_ablation_results.md`; without quick mode this cell
-# trains the c5 ablation at that budget (about 8 CPU minutes per run on 2 shared cores).
+# results are in `docs/roi_ablation_results.md` (made with `minimaskrcnn compare-roi train ...
+# --workers 2`, the command there). Without quick mode this cell runs the same ablation in this
+# process: 1000 shapes images of 128 pixels, `r18_fpn_cpu`, c4/c5/fpn x 3 operators x 2 seeds,
+# 3 minutes of training each (about 70 minutes in all on 2 cores). In a notebook
+# `"--workers", "2"` may be added; a script would need an `if __name__ == "__main__":` guard.
 
 # %%
 from minimaskrcnn import ablation  # noqa: E402
@@ -198,17 +201,19 @@ from minimaskrcnn.data.shapes import write_dataset  # noqa: E402
 
 AB = OUT / "ablation"
 SEEDS, OPS = (0, 1), ("roipool", "roiwarp", "roialign")
+FEATURES = ("c5",) if QUICK else ("c4", "c5", "fpn")
 data = AB / "shapes"
 if QUICK:
     write_dataset(data, 4, 2, seed=7, size=64, overwrite=True, progress=False)
     budget = ["--iters", "2", "--warmup-iters", "1", "--batch-size", "2", "--eval-max-images", "2",
-              "--kernels", "numpy"]
+              "--kernels", "numpy", "--config", "r18_fpn_tiny"]
 else:
-    write_dataset(data, 300, 50, seed=7, size=64, overwrite=True, progress=False)
-    budget = ["--iters", "120", "--warmup-iters", "20", "--batch-size", "4"]
-args = ["train", "--data", str(data / "train"), "--val", str(data / "val"), "--features", "c5",
-        "--ops", ",".join(OPS), "--seeds", ",".join(map(str, SEEDS)), "--config", "r18_fpn_tiny",
-        "--out", str(AB), "--no-progress"] + budget
+    write_dataset(data, 1000, 100, seed=2026, size=128, overwrite=True, progress=False)
+    budget = ["--minutes", "3", "--warmup-iters", "30", "--batch-size", "8", "--lr", "0.04",
+              "--config", "r18_fpn_cpu"]
+args = ["train", "--data", str(data / "train"), "--val", str(data / "val"),
+        "--features", ",".join(FEATURES), "--ops", ",".join(OPS),
+        "--seeds", ",".join(map(str, SEEDS)), "--out", str(AB), "--no-progress"] + budget
 assert compare_roi.main(args) == 0
 
 # %% [markdown]
@@ -216,20 +221,24 @@ assert compare_roi.main(args) == 0
 # With two seeds and a small budget, a difference smaller than that range is not a result.
 
 # %%
-summary = {s["op"]: s for s in ablation.summarize(
-    json.loads((AB / "results.json").read_text())["runs"]) if s["feature"] == "c5"}
-fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), sharey=True)
-for ax, iou in zip(axes, ("segm", "bbox"), strict=True):
-    for j, metric in enumerate(ablation.METRICS):
-        for i, op in enumerate(OPS):
-            st = summary[op][f"{iou}_{metric}"]
-            x = j * (len(OPS) + 1) + i
-            ax.bar(x, 100 * st["mean"], color=f"C{i}", label=op if j == 0 else None)
-            ax.plot([x, x], [100 * st["min"], 100 * st["max"]], color="k", lw=1.5)
-    ax.set_xticks([j * (len(OPS) + 1) + 1 for j in range(len(ablation.METRICS))],
-                  ablation.METRICS)
-    ax.set_title(f"{'mask' if iou == 'segm' else 'box'} AP x 100, c5 (stride 32)")
-axes[0].legend(fontsize=8)
+rows = json.loads((AB / "results.json").read_text())["runs"]
+summary = {(s["feature"], s["op"]): s for s in ablation.summarize(rows)}
+fig, axes = plt.subplots(len(FEATURES), 2, figsize=(9, 3.2 * len(FEATURES)), sharey="row",
+                         squeeze=False)
+for row_axes, feature in zip(axes, FEATURES, strict=True):
+    for ax, iou in zip(row_axes, ("segm", "bbox"), strict=True):
+        for j, metric in enumerate(ablation.METRICS):
+            for i, op in enumerate(OPS):
+                st = summary[feature, op][f"{iou}_{metric}"]
+                if st is None:  # no finished run (a diverged one is listed under the table)
+                    continue
+                x = j * (len(OPS) + 1) + i
+                ax.bar(x, 100 * st["mean"], color=f"C{i}", label=op if j == 0 else None)
+                ax.plot([x, x], [100 * st["min"], 100 * st["max"]], color="k", lw=1.5)
+        ax.set_xticks([j * (len(OPS) + 1) + 1 for j in range(len(ablation.METRICS))],
+                      ablation.METRICS)
+        ax.set_title(f"{'mask' if iou == 'segm' else 'box'} AP x 100, {feature}")
+axes[0, 0].legend(fontsize=8)
 fig.tight_layout()
 fig.savefig(OUT / "roi_ablation_ap.png", dpi=80)
 plt.close(fig)
