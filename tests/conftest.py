@@ -23,6 +23,22 @@ from minimaskrcnn import backends  # noqa: E402
 # kernels (in the simulator). "cupy" joins on a GPU machine (tests marked gpu).
 CPU_BACKENDS = ["numpy", "cpu", "numba"]
 
+# The tiny training run the trainer's tests share (test_train, test_parallel): 3 iterations of
+# 2 images of the tiny config, checkpoint at 2, no evaluation, the NumPy reference kernels (no JIT
+# compilation: the quickest for tiny inputs).
+TINY_TRAIN_KW = dict(
+    config="r18_fpn_tiny",
+    batch_size=2,
+    max_iters=3,
+    ckpt_every=2,
+    warmup_iters=2,
+    seed=5,
+    progress=False,
+    evaluate_val=False,
+    prefetch=0,
+    kernels="numpy",
+)
+
 
 def pytest_report_header(config):
     lines = []

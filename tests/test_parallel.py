@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY_TRAIN_KW
 
 import minimaskrcnn.train as train_mod
 from minimaskrcnn import backends, checkpoint, configs, parallel
@@ -17,26 +18,17 @@ from minimaskrcnn.data import DataLoader
 from minimaskrcnn.data.shapes import write_dataset
 from minimaskrcnn.train import read_log, train
 
-KW = dict(
-    config="r18_fpn_tiny",
-    batch_size=2,
-    max_iters=3,
-    ckpt_every=2,
-    warmup_iters=2,
-    seed=5,
-    progress=False,
-    evaluate_val=False,
-    prefetch=0,
-    kernels="numpy",
-)
+KW = TINY_TRAIN_KW
 # Same float32 operations in the same order in both runs (one BLAS thread per worker).
 RTOL = 1e-5
 
 
 def _shm_left():
-    shm = Path("/dev/shm")
+    # Only this process's segments (the pool names them after the main's pid): under pytest-xdist
+    # another worker may be training with its own shared memory at the same moment.
+    shm, mine = Path("/dev/shm"), f"mmrcnn_{os.getpid()}_"
     return (
-        sorted(p.name for p in shm.iterdir() if p.name.startswith("mmrcnn_"))
+        sorted(p.name for p in shm.iterdir() if p.name.startswith(mine))
         if shm.is_dir()
         else []
     )

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch  # noqa: F401  (the reference extra must be installed; see CONTRIBUTING)
+from conftest import TINY_TRAIN_KW
 
 import minimaskrcnn.train as train_mod
 from minimaskrcnn import Tensor, checkpoint, configs, nn, optim
@@ -25,18 +26,7 @@ def shapes(tmp_path_factory):
     return root
 
 
-KW = dict(
-    config="r18_fpn_tiny",
-    batch_size=2,
-    max_iters=3,
-    ckpt_every=2,
-    warmup_iters=2,
-    seed=5,
-    progress=False,
-    evaluate_val=False,
-    prefetch=0,
-    kernels="numpy",  # no JIT compilation: the reference kernels are the quickest for tiny inputs
-)
+KW = TINY_TRAIN_KW
 
 
 @pytest.fixture(scope="module")
