@@ -207,13 +207,7 @@ def build_model(config: str, feature: str, op: str, num_classes: int, seed: int 
     from . import configs, nn
     from .models.anchor_utils import AnchorGenerator
     from .models.fpn import BackboneWithFPN, freeze_layers_
-    from .models.mask_rcnn import (
-        FastRCNNPredictor,
-        MaskRCNN,
-        MaskRCNNHeads,
-        MaskRCNNPredictor,
-        TwoMLPHead,
-    )
+    from .models.mask_rcnn import MaskRCNN
     from .models.resnet import get_norm_layer, resnet
     from .models.rpn import RPNHead
 
@@ -248,12 +242,7 @@ def build_model(config: str, feature: str, op: str, num_classes: int, seed: int 
         kw = dict(c["model_kwargs"])
         kw["rpn_anchor_generator"] = anchors
         kw["rpn_head"] = RPNHead(C, anchors.num_anchors_per_location()[0])
-        rep = c["representation_size"]
-        kw["box_head"] = TwoMLPHead(C * 7 * 7, rep)
-        kw["box_predictor"] = FastRCNNPredictor(rep, num_classes)
-        kw["mask_head"] = MaskRCNNHeads(C, c["mask_layers"], 1)
-        kw["mask_predictor"] = MaskRCNNPredictor(c["mask_layers"][-1], c["mask_dim_reduced"],
-                                                 num_classes)
+        kw.update(configs.heads(c, num_classes))  # the same heads as configs.build
         model = MaskRCNN(backbone, None, **kw)
         names = ["0"]
     model.roi_heads.box_roi_pool = RoIOpPooler(names, 7, op)

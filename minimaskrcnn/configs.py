@@ -134,13 +134,7 @@ def build(name: str, num_classes: int, seed: int | None = None, backbone_weights
     from . import nn
     from .models.anchor_utils import AnchorGenerator
     from .models.fpn import BackboneWithFPN, LastLevelMaxPool, freeze_layers_
-    from .models.mask_rcnn import (
-        FastRCNNPredictor,
-        MaskRCNN,
-        MaskRCNNHeads,
-        MaskRCNNPredictor,
-        TwoMLPHead,
-    )
+    from .models.mask_rcnn import MaskRCNN
     from .models.resnet import get_norm_layer, resnet
     from .models.rpn import RPNHead
 
@@ -170,18 +164,33 @@ def build(name: str, num_classes: int, seed: int | None = None, backbone_weights
         anchors = AnchorGenerator(tuple((s,) for s in c["anchor_sizes"]), ((0.5, 1.0, 2.0),) * 5)
         kw["rpn_anchor_generator"] = anchors
         kw["rpn_head"] = RPNHead(C, anchors.num_anchors_per_location()[0])
-    rep = c["representation_size"]
-    kw["box_head"] = TwoMLPHead(C * 7 * 7, rep)
-    kw["box_predictor"] = FastRCNNPredictor(rep, num_classes)
-    kw["mask_head"] = MaskRCNNHeads(C, c["mask_layers"], 1)
-    kw["mask_predictor"] = MaskRCNNPredictor(
-        c["mask_layers"][-1], c["mask_dim_reduced"], num_classes
-    )
+    kw.update(heads(c, num_classes))
     kw.update(overrides)
     model = MaskRCNN(backbone, None, **kw)
     if backbone_weights is not None:
         load_imagenet_backbone(model, backbone_weights)
     return model
+
+
+def heads(c: dict, num_classes: int) -> dict:
+    """The box and mask heads of config settings ``c`` (``describe``'s dict) on C =
+    ``c["fpn_channels"]`` pooled channels, as MaskRCNN keyword arguments. Shared by ``build`` and
+    the RoI ablation's single-level variants, so both get the same heads in the same order (the
+    order fixes which random draws each layer's initialisation takes)."""
+    from .models.mask_rcnn import (
+        FastRCNNPredictor,
+        MaskRCNNHeads,
+        MaskRCNNPredictor,
+        TwoMLPHead,
+    )
+
+    C, rep = c["fpn_channels"], c["representation_size"]
+    return dict(
+        box_head=TwoMLPHead(C * 7 * 7, rep),  # pools 7 x 7
+        box_predictor=FastRCNNPredictor(rep, num_classes),
+        mask_head=MaskRCNNHeads(C, c["mask_layers"], 1),
+        mask_predictor=MaskRCNNPredictor(c["mask_layers"][-1], c["mask_dim_reduced"], num_classes),
+    )
 
 
 def load_imagenet_backbone(model, weights) -> list[str]:
