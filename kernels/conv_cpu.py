@@ -15,13 +15,16 @@ What changes against the reference, and why:
   buffer of ``CHUNK_BYTES``: row ranges of one image when images are large, or several whole
   images side by side when they are small (the mask head runs 100 RoIs of 14x14: one GEMM of
   (256, 2304) @ (2304, 100*196) instead of 100 thin ones).
-* **im2col is one strided NumPy copy per chunk** from the reference's ``as_strided`` window view
-  into the reused buffer. (A Numba-parallel gather was tried first and measured 8x slower on
-  this machine: 16 ms vs 2 ms for a 2304 x 3400 chunk; NumPy's copy loop streams memory.)
-* **The GEMM is one sgemm** per chunk (NumPy -> OpenBLAS, itself multithreaded). With 128+
-  output channels it is computed as out^T = cols^T @ W^T (measured faster here, see
-  ``TRANSPOSED_GEMM_MIN_OG``); with fewer it is W @ cols written straight into the output rows
-  (a strided view BLAS accepts without a copy).
+* **im2col is a Numba-parallel row copy** into the reused buffer: the threads split the K
+  rows (c, i, j); each copies, per output row, the OW input pixels tap (i, j) reads, one
+  contiguous run when the stride is 1. Measured 1.7-2.4x faster than NumPy's single-threaded
+  strided copy from an ``as_strided`` window view on 2 cores (6.4 against 12.1 ms for a
+  2304 x 13600 chunk). (An earlier Numba gather with one index computation per element was 8x
+  slower than NumPy's copy: the row structure is what makes this one fast.)
+* **The GEMM is one sgemm** per chunk (NumPy -> OpenBLAS, itself multithreaded), W @ cols
+  written straight into the output rows when the chunk is one image (a strided view BLAS accepts
+  without a copy). Computing out^T = cols^T @ W^T instead was measured 1.06-1.29x *slower* with
+  both of OpenBLAS's x86 kernels (Haswell and SkylakeX), alternating the two 9 times per shape.
 * **1x1 convolutions skip im2col**: stride 1, no padding -> the image (C, H*W) *is* the column
   matrix; stride s -> one strided copy (C, OH, OW). These are half of ResNet-50's convolutions.
 * **Not done, measured**: Winograd F(2x2, 3x3) (2.25x fewer multiplies for 3x3 stride-1 layers)
@@ -44,7 +47,6 @@ from __future__ import annotations
 import numba
 import numpy as np
 from numba import prange
-from numpy.lib.stride_tricks import as_strided
 
 from .conv_numpy import output_size
 
@@ -52,11 +54,6 @@ from .conv_numpy import output_size
 # and BLAS's threads, which costs more than the cache misses a smaller buffer would save
 # (measured: 8 MB chunks made a 3x3x64 layer at 200x272 5x slower than 128 MB ones).
 CHUNK_BYTES = 128 << 20
-# From this many output channels (per group) on, the forward computes out^T = cols^T @ W^T:
-# measured with OpenBLAS on 2 cores, 1.1-2.4x faster than W @ cols for (Og, K, L) = (256, 2304,
-# 3400), (512, 4608, 850), (256, 2304, 13600) including the transposing copy, but slower for
-# Og = 64 (layer1, conv1), where the copy of a long (L, 64) result costs more than it saves.
-TRANSPOSED_GEMM_MIN_OG = 128
 # grad_input as a "full" forward convolution needs this many input channels (per group) to win:
 # its GEMM has Cg rows, so for the stem (3 channels, 7x7) it was measured 3x slower than col2im.
 FULL_CONV_MIN_CG = 16
@@ -71,23 +68,31 @@ def _valid_cols(j, sw, pw, dw, w, ow_n):
     return lo, max(lo, hi), x0
 
 
-def _windows(x, kh, kw, stride, padding, dilation, oh, ow):
-    """The read-only view windows[n, c, i, j, oh, ow] of the zero-padded x (as in the reference)."""
-    xp = np.pad(x, ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2)) if any(padding) else x
-    xp = np.ascontiguousarray(xp)
-    sn, sc, sy, sx = xp.strides
-    shape = (x.shape[0], x.shape[1], kh, kw, oh, ow)
-    strides = (sn, sc, dilation[0] * sy, dilation[1] * sx, stride[0] * sy, stride[1] * sx)
-    return as_strided(xp, shape, strides, writeable=False)
+def _padded(x, padding):
+    """x (N, C, H, W) zero-padded to (N, C, H + 2ph, W + 2pw), C-contiguous (one copy)."""
+    if any(padding):
+        x = np.pad(x, ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2))
+    return np.ascontiguousarray(x)
 
 
-def _im2col(windows, buf, b0, b1, c0, c1, r0, r1):
-    """buf (K, B*R*OW) = columns of images b0:b1, channels c0:c1, output rows r0:r1, with column
-    index (b*R + oh - r0)*OW + ow: one strided NumPy copy (measured 8x faster here than a
-    Numba-parallel gather, which pays per-element index arithmetic; NumPy's copy loop streams)."""
-    win = windows[b0:b1, c0:c1, :, :, r0:r1]  # (B, Cg, KH, KW, R, OW)
-    nb, cg, kh, kw, rr, ow = win.shape
-    np.copyto(buf.reshape(cg, kh, kw, nb, rr, ow), win.transpose(1, 2, 3, 0, 4, 5))
+@numba.njit(parallel=True, cache=True)
+def _im2col(xp, buf, b0, b1, c0, c1, r0, r1, kh, kw, sh, sw, dh, dw, ow_n):
+    """buf (K, B*R*OW) = columns of images b0:b1, channels c0:c1, output rows r0:r1 of the padded
+    xp, row (c - c0, i, j) and column index (b*R + oh - r0)*OW + ow, as the reference's im2col."""
+    nb, rr = b1 - b0, r1 - r0
+    for t in prange((c1 - c0) * kh * kw):  # a thread owns whole rows of buf
+        c = c0 + t // (kh * kw)
+        i = (t // kw) % kh
+        x0 = (t % kw) * dw  # padded input column of ow = 0
+        for b in range(nb):
+            for r in range(rr):
+                src = xp[b0 + b, c, (r0 + r) * sh + i * dh]  # (Wp,)
+                base = (b * rr + r) * ow_n
+                if sw == 1:  # one contiguous run
+                    buf[t, base : base + ow_n] = src[x0 : x0 + ow_n]
+                else:
+                    for ow in range(ow_n):
+                        buf[t, base + ow] = src[x0 + ow * sw]
 
 
 @numba.njit(parallel=True, cache=True)
@@ -178,26 +183,19 @@ def forward(x, weight, bias, stride, padding, dilation, groups):
             out[:, g * og : (g + 1) * og] = res.reshape(n, og, oh, ow)
     else:
         plan = _plan(n, oh, ow, k, x.itemsize)
-        win = _windows(x, kh, kw, stride, padding, dilation, oh, ow)
+        xp = _padded(x, padding)
         cols = _scratch(k * max((b1 - b0) * (r1 - r0) for b0, b1, r0, r1 in plan) * ow, x.dtype)
         for g in range(groups):
             for b0, b1, r0, r1 in plan:
                 buf = _buffer(cols, k, (b1 - b0) * (r1 - r0) * ow)  # (K, B*R*OW)
-                _im2col(win, buf, b0, b1, g * cg, (g + 1) * cg, r0, r1)
-                dst = out[b0, g * og : (g + 1) * og].reshape(og, l_all)
-                if og >= TRANSPOSED_GEMM_MIN_OG:
-                    # out^T = cols^T @ W^T: the same product, which OpenBLAS runs faster here
-                    # for 128+ output channels, even counting the transposing copy (see above)
-                    res = (buf.T @ wg[g].T).T  # (Og, B*R*OW), a transposed view
-                elif b1 - b0 == 1:  # straight into the output rows (a strided view BLAS accepts)
+                _im2col(
+                    xp, buf, b0, b1, g * cg, (g + 1) * cg, r0, r1, kh, kw, *stride, *dilation, ow
+                )
+                if b1 - b0 == 1:  # straight into the output rows (a strided view BLAS accepts)
+                    dst = out[b0, g * og : (g + 1) * og].reshape(og, l_all)
                     np.matmul(wg[g], buf, out=dst[:, r0 * ow : r1 * ow])
-                    continue
                 else:
-                    res = wg[g] @ buf
-                if b1 - b0 == 1:
-                    dst[:, r0 * ow : r1 * ow] = res
-                else:
-                    res = res.reshape(og, b1 - b0, oh, ow)  # (Og, B, OH, OW)
+                    res = (wg[g] @ buf).reshape(og, b1 - b0, oh, ow)  # (Og, B, OH, OW)
                     out[b0:b1, g * og : (g + 1) * og] = res.transpose(1, 0, 2, 3)
     if bias is not None:
         out += bias.reshape(1, o, 1, 1)
@@ -260,11 +258,11 @@ def grad_weight(grad_out, x, weight_shape, stride, padding, dilation, groups):
             ).sum(0)
         return gw.reshape(weight_shape)
     plan = _plan(n, oh, ow, k, x.itemsize)
-    win = _windows(x, kh, kw, stride, padding, dilation, oh, ow)
+    xp = _padded(x, padding)
     cols = _scratch(k * max((b1 - b0) * (r1 - r0) for b0, b1, r0, r1 in plan) * ow, x.dtype)
     for g in range(groups):
         for b0, b1, r0, r1 in plan:
             buf = _buffer(cols, k, (b1 - b0) * (r1 - r0) * ow)
-            _im2col(win, buf, b0, b1, g * cg, (g + 1) * cg, r0, r1)
+            _im2col(xp, buf, b0, b1, g * cg, (g + 1) * cg, r0, r1, kh, kw, *stride, *dilation, ow)
             gw[g] += _grad_chunk(grad_out, b0, b1, r0, r1, g * og, (g + 1) * og) @ buf.T
     return gw.reshape(weight_shape)
