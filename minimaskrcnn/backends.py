@@ -242,6 +242,12 @@ def info() -> str:
         f"cupy         {_version('cupy') if importlib.util.find_spec('cupy') else 'not installed'}",
         f"cpu cores    {os.cpu_count()}",
     ]
+    from . import blas
+
+    lines.append(f"numpy blas   {blas.describe()}")
+    warning = blas.pin_warning()
+    if warning:
+        lines.append(f"  warning: {warning}")
     if cupy_available():
         import cupy
 

@@ -57,6 +57,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import blas
 from ._atomic import atomic_write
 
 LOSS_NAMES = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
@@ -653,6 +654,8 @@ def main(argv=None) -> int:
     p.add_argument("--eval-max-images", type=int, default=None)
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
+    if a.backend == "numpy":
+        blas.warn_if_pinned()
     try:
         summary = train(
             a.data,

@@ -117,7 +117,9 @@ def machine_description() -> str:
                     break
     except OSError:
         pass
-    desc = f"CPU: {cpu}, {os.cpu_count()} cores"
+    from .. import blas
+
+    desc = f"CPU: {cpu}, {os.cpu_count()} cores; NumPy BLAS: {blas.describe()}"
     from ..backends import cupy_available
 
     if cupy_available():

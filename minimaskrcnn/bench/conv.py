@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import blas
 from . import _timing
 
 # (name, C, O, k, stride, H, W of the layer's input at an 800x1088 image, times used in the net)
@@ -270,6 +271,8 @@ def main(argv=None) -> int:
     if args.quick:
         layers = [lay for lay in LAYERS if lay[0] in QUICK]
         args.batch, args.repeat = [1], 1
+    if args.device == "cpu":
+        blas.warn_if_pinned()
     bench = _bench_gpu if args.device == "gpu" else _bench_cpu
     rows, note = bench(layers, args.batch, args)
     machine = _timing.machine_description()

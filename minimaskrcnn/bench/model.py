@@ -21,6 +21,7 @@ import time
 
 import numpy as np
 
+from .. import blas
 from ._timing import format_table, machine_description, time_call
 
 
@@ -145,6 +146,8 @@ def main(argv=None) -> int:
         f"min_size {args.min_size}, max_size {args.max_size}"
     )
     print(machine_description() + f"; torch threads {torch.get_num_threads()}")
+    if args.device == "cpu":
+        blas.warn_if_pinned()
     if args.device == "gpu":  # cuDNN may use TF32 for float32 convolutions: say which
         print(f"torch cudnn.allow_tf32 = {torch.backends.cudnn.allow_tf32} (torchvision's default)")
 
