@@ -36,7 +36,10 @@ probed one input pixel at a time), so "nearest" is bit-identical. Bilinear value
 ulp (<= 4 eps for unit-scale data, float32 and float64) but not always bit for bit: torch's
 compiled loop fuses the weighted sums into FMAs in a way that depends on how the compiler
 vectorised it, and torch switches to a different (channels-last) kernel for 3-channel images
-when it runs single-threaded. We keep the plain order written below.
+when it runs single-threaded. We keep the plain order written below. torch's result itself also
+depends on its thread count: the min_size-800 transform of matplotlib's grace_hopper.jpg (600x512
+upsampled by 1.5625) moves by up to 3.1e-5 (values near 1.7, ~130 ulp) between 1 and 2 threads;
+ours is within 7e-7 of the 1-thread result (tutorial 04 shows both).
 
 The backward is the transpose: each output's gradient goes back to the (up to 4) inputs it read,
 with the same weights. Written as matrices, out = A_h x A_w^T (A_h: (OH, H) holding lh0 at h0 and
