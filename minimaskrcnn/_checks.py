@@ -43,10 +43,10 @@ def check_same_dtype(op: str, **arrays) -> None:
 
 
 def check_same_device(op: str, **arrays) -> None:
-    from .backends import is_cupy
+    from .backends import is_cupy, raw_array
 
     kinds = {
-        k: ("cupy" if is_cupy(getattr(v, "data", v)) else "numpy")
+        k: ("cupy" if is_cupy(raw_array(v)) else "numpy")
         for k, v in arrays.items()
         if v is not None
     }

@@ -112,6 +112,17 @@ def is_cupy(x) -> bool:
     return mod.startswith("cupy")
 
 
+def raw_array(x):
+    """The array inside a Tensor, or ``x`` itself when it is an array (or anything else).
+
+    Not ``getattr(x, "data", x)``: NumPy and CuPy arrays have a ``.data`` of their own (a buffer,
+    a device pointer).
+    """
+    if isinstance(x, np.ndarray) or is_cupy(x):
+        return x
+    return getattr(x, "data", x)
+
+
 def array_module(*arrays):
     """``numpy`` or ``cupy``: CuPy as soon as one of the arrays lives on the GPU."""
     for a in arrays:
@@ -188,7 +199,7 @@ def resolve(op: str, backend: str | None, *arrays, supported=KERNEL_BACKENDS) ->
     Raises a ValueError naming the op when the backend is unknown, not implemented for this op,
     not installed here, or does not fit where the arrays live (NumPy input with ``"cupy"``).
     """
-    on_gpu = any(is_cupy(getattr(a, "data", a)) for a in arrays if a is not None)
+    on_gpu = any(is_cupy(raw_array(a)) for a in arrays if a is not None)
     name = backend if backend is not None else _default
     if name is None:
         if on_gpu:
