@@ -28,7 +28,7 @@ import numbers
 
 import numpy as np
 
-from . import backends
+from . import _checks, backends
 
 _grad_enabled = True
 
@@ -64,7 +64,14 @@ def unbroadcast(grad, shape):
 
 
 class Context:
-    """What a forward keeps for its backward. Set any attribute; ``save_for_backward`` is sugar."""
+    """What a forward keeps for its backward. Set any attribute; ``save_for_backward`` is sugar.
+
+    ``needs_input_grad`` (torch's name) holds, per positional argument, whether a gradient will be
+    asked of it: a forward may skip what only its backward reads when none will be (no_grad, plain
+    arrays, constants), as max_pool2d skips the argmax.
+    """
+
+    needs_input_grad: tuple = ()
 
     def save_for_backward(self, *arrays):
         self.saved = arrays
@@ -90,8 +97,11 @@ class Function:
         """
         raw = [a.data if isinstance(a, Tensor) else a for a in args]
         ctx = Context()
+        ctx.needs_input_grad = tuple(
+            _grad_enabled and isinstance(a, Tensor) and a.requires_grad for a in args
+        )
         out = cls.forward(ctx, *raw, **kwargs)
-        needs = _grad_enabled and any(isinstance(a, Tensor) and a.requires_grad for a in args)
+        needs = any(ctx.needs_input_grad)
         node = _Node(cls, ctx, args) if needs else None
         if isinstance(out, tuple):
             outs = tuple(Tensor._wrap(o, node, i) for i, o in enumerate(out))
@@ -218,6 +228,7 @@ class Tensor:
                 )
             grad = backends.array_module(self.data).ones_like(self.data)
         else:
+            _checks.check_same_device("backward", tensor=self.data, grad=grad)
             grad = _as_array(grad, like=self.data)
             if tuple(grad.shape) != self.shape:
                 raise ValueError(
@@ -518,8 +529,8 @@ class Abs(Function):
 class Relu(Function):
     @staticmethod
     def forward(ctx, a):
-        mask = a > 0
-        ctx.save_for_backward(mask)
+        if any(ctx.needs_input_grad):
+            ctx.save_for_backward(a > 0)
         # maximum, not a * mask: negative inputs give +0.0 (not -0.0) and NaN propagates, as torch
         return _xp(a).maximum(a, 0).astype(a.dtype, copy=False)
 

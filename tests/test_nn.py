@@ -126,11 +126,16 @@ def test_batchnorm2d_training_and_running_stats_match_torch(dtype, tol, momentum
     # eval: running statistics, no update
     ours.eval()
     theirs.eval()
+    for m in ours.parameters():
+        m.grad = None
+    theirs.zero_grad()
     x = rng.standard_normal((2, 3, 3, 3)).astype(dtype)
     y, t, X, T = run_both(ours, theirs, x)
     np.testing.assert_allclose(y.data, t.detach().numpy(), **tol)
     np.testing.assert_allclose(X.grad, T.grad.numpy(), **tol)
+    assert_params_grads(ours, theirs, tol)  # eval folds weight and bias in: still trained
     assert int(ours.num_batches_tracked) == 3
+    np.testing.assert_array_equal(ours(x).data, y.data)  # a plain array in: the same values
 
 
 def test_batchnorm2d_state_dict_keys_and_single_value_error():
@@ -157,6 +162,10 @@ def test_frozen_batchnorm_matches_torchvision(eps):
     # float32: rsqrt vs **-0.5 may differ by an ulp, then two fused ops.
     np.testing.assert_allclose(y.data, t.detach().numpy(), **F32)
     np.testing.assert_allclose(X.grad, T.grad.numpy(), **F32)
+    # a plain array in (no graph) gives a plain array with the very same values
+    plain = ours(x)
+    assert isinstance(plain, np.ndarray)
+    np.testing.assert_array_equal(plain, y.data)
 
 
 def test_frozen_batchnorm_loads_a_batchnorm_state_dict():

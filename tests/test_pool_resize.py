@@ -92,6 +92,22 @@ def test_max_pool2d_matches_torch(n, c, h, w, k, s, d, ceil_mode, pad, dtype, la
     assert y.shape == tuple(t.shape) and y.dtype == dtype
     np.testing.assert_array_equal(y.data, t.detach().numpy())
     np.testing.assert_allclose(gx, tgx, **GRAD_TOL[dtype])
+    # plain arrays take the no-backward path (a running maximum, no argmax): the same values
+    np.testing.assert_array_equal(ops.max_pool2d(x, k, s, p, d, ceil_mode), t.detach().numpy())
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_max_pool2d_nan_anywhere_in_the_window_propagates(grad):
+    # both forward paths (with and without a backward to come) against torch, NaN at every
+    # offset of a 3x3 stride-2 window in turn, including ones before and after the maximum
+    base = np.random.default_rng(4).standard_normal((1, 1, 5, 5)).astype(np.float32)
+    for pos in np.ndindex(3, 3):
+        x = base.copy()
+        x[0, 0, pos[0], pos[1]] = np.nan
+        ours = ops.max_pool2d(Tensor(x, requires_grad=True) if grad else x, 3, 2, 1)
+        ref = F.max_pool2d(torch.from_numpy(x), 3, 2, 1).numpy()
+        np.testing.assert_array_equal(getattr(ours, "data", ours), ref)  # NaN == NaN here
+        assert np.isnan(ref).any()
 
 
 def test_max_pool2d_fpn_last_level_and_resnet_stem():

@@ -92,6 +92,14 @@ def test_graph_errors_are_clear():
         (Tensor(np.ones(2), requires_grad=True) * 2).backward(np.ones(3))
     with pytest.raises(RuntimeError, match="backward: this tensor does not require grad"):
         Tensor(np.ones(1)).backward()
+    # a gradient from the other device would mix NumPy and CuPy arrays inside the graph; a stand-in
+    # class from a "cupy" module is what backends.is_cupy recognises, so this runs without a GPU
+    fake_cupy = type("ndarray", (), {"__module__": "cupy._core.core", "shape": (2,)})()
+    with pytest.raises(
+        ValueError,
+        match="backward: arguments must live on one device, got tensor on numpy, grad on cupy",
+    ):
+        (Tensor(np.ones(2), requires_grad=True) * 2).backward(fake_cupy)
     with pytest.raises(TypeError, match="Tensor.__pow__: only a number exponent is supported"):
         Tensor(np.ones(1)) ** Tensor(np.ones(1))
 
@@ -338,6 +346,15 @@ def test_binary_ops_on_cupy_match_numpy(name):
     rng = np.random.default_rng(11)
     a, b = rng.standard_normal((2, 3, 4)), rng.standard_normal((3, 1))
     _numpy_vs_cupy(ours, [a.astype(np.float32), (prep(b) if prep else b).astype(np.float32)])
+
+
+@pytest.mark.gpu
+def test_backward_with_a_numpy_grad_on_a_cupy_tensor_is_refused():
+    import cupy
+
+    y = Tensor(cupy.ones(2, dtype=cupy.float32), requires_grad=True) * 2
+    with pytest.raises(ValueError, match="tensor on cupy, grad on numpy"):
+        y.backward(np.ones(2, dtype=np.float32))
 
 
 @pytest.mark.gpu

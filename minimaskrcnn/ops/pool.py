@@ -42,10 +42,8 @@ def _out_size(size, k, s, p, d, ceil_mode):
 
 
 def _windows(x, k, s, p, d, out):
-    """The (kh*kw) strided views of the padded input, one per kernel offset, as one array.
-
-    Returns ``(stack, pad)``: stack (kh*kw, N, C, OH, OW), and the padded input's offsets.
-    """
+    """The (kh*kw) strided views of the -inf padded input, one per kernel offset (a list of
+    (N, C, OH, OW) views, row-major over the kernel)."""
     xp = backends.array_module(x)
     (kh, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow) = k, s, p, d, out
     n, c, h, w = x.shape
@@ -61,7 +59,7 @@ def _windows(x, k, s, p, d, out):
         for i in range(kh)
         for j in range(kw)
     ]
-    return xp.stack(views)  # (kh*kw, N, C, OH, OW)
+    return views
 
 
 class MaxPool2dFn(Function):
@@ -73,7 +71,15 @@ class MaxPool2dFn(Function):
         if oh == 0 or ow == 0 or n * c == 0:
             ctx.shape, ctx.arg = x.shape, None
             return xp.zeros((n, c, oh, ow), dtype=x.dtype)
-        win = _windows(x, k, s, p, d, out)  # (kh*kw, N, C, OH, OW)
+        views = _windows(x, k, s, p, d, out)  # kh*kw views (N, C, OH, OW)
+        if not any(ctx.needs_input_grad):
+            # No backward will come (inference): the max alone, one running maximum per offset,
+            # 3x faster than the argmax below on ResNet's stem at 800 px; maximum propagates NaN.
+            y = views[0].copy()
+            for v in views[1:]:
+                xp.maximum(y, v, out=y)
+            return y
+        win = xp.stack(views)  # (kh*kw, N, C, OH, OW)
         # argmax returns the first maximum and treats NaN as the maximum: torch's CPU rule.
         arg = win.argmax(axis=0)  # (N, C, OH, OW) index of the winning kernel offset
         y = xp.take_along_axis(win, arg[None], axis=0)[0]
