@@ -19,10 +19,12 @@ What changes against the reference, and why:
   rows (c, i, j); each copies, per output row, the OW input pixels tap (i, j) reads, one
   contiguous run when the stride is 1, and writes the zeros of the padding itself (so the
   input is never copied into a padded array: that copy alone took ~0.3 s of an 800-px
-  inference). Measured 1.7-2.4x faster than NumPy's single-threaded strided copy from an
-  ``as_strided`` window view on 2 cores (6.4 against 12.1 ms for a 2304 x 13600 chunk). (An
-  earlier Numba gather with one index computation per element was 8x slower than NumPy's copy:
-  the row structure is what makes this one fast.)
+  inference). Measured against np.pad + NumPy's single-threaded strided copy from an
+  ``as_strided`` window view, on 2 cores: 2.1-2.4x faster on the FPN's maps (5.8 against
+  12.3 ms for 256 channels at 100x120), the same on the mask head's 100 RoIs of 14x14, whose
+  rows are short. (An earlier Numba gather with one index computation per element was 8x
+  slower than NumPy's copy, and plain index loops instead of row slices 2x slower here: whole
+  row slices are what become vector copies.)
 * **The GEMM is one sgemm** per chunk (NumPy -> OpenBLAS, itself multithreaded), W @ cols
   written straight into the output rows when the chunk is one image (a strided view BLAS accepts
   without a copy). Computing out^T = cols^T @ W^T instead was measured 1.06-1.29x *slower* with
@@ -34,8 +36,11 @@ What changes against the reference, and why:
   1.1-4x *slower* than this path on every ResNet-50-FPN 3x3 shape on the 2-core test machine:
   the transforms cost as much as the saved flops, and 16 GEMMs with K = C run at a lower
   GFLOP/s than one with K = 9C. What remains between this path and torch's CPU convolution
-  (oneDNN, 1.5-4x faster on 3x3 layers here) is BLAS's sgemm itself: alone, on the same
-  columns, it reaches ~40-50 GFLOP/s where oneDNN's convolution reaches 75-145.
+  (oneDNN) is mostly BLAS's sgemm itself, and which kernels OpenBLAS runs: on the AVX-512
+  development machine, whose environment pins ``OPENBLAS_CORETYPE=Haswell`` (AVX2 kernels),
+  sgemm (256, 2304) @ (2304, 13600) reaches 75-136 GFLOP/s; unpinned (SkylakeX kernels)
+  250-330, about what oneDNN's 3x3 convolutions reach there (``minimaskrcnn info`` says which
+  kernels run; see minimaskrcnn/blas.py).
 * **Backward**: with stride 1, grad_input is forward's path run on grad_out with the flipped,
   channel-swapped weight (a "full" convolution; no scatter). Otherwise (strided layers)
   grad_input = weight^T (K, Og) @ grad_out chunk, then col2im in Numba, parallel
