@@ -15,20 +15,17 @@ What changes against the reference, and why:
   buffer of ``CHUNK_BYTES``: row ranges of one image when images are large, or several whole
   images side by side when they are small (the mask head runs 100 RoIs of 14x14: one GEMM of
   (256, 2304) @ (2304, 100*196) instead of 100 thin ones).
-* **im2col is a Numba-parallel row copy** into the reused buffer: the threads split the K
-  rows (c, i, j); each copies, per output row, the OW input pixels tap (i, j) reads, one
-  contiguous run when the stride is 1, and writes the zeros of the padding itself (so the
-  input is never copied into a padded array: that copy alone took ~0.3 s of an 800-px
-  inference). Measured against np.pad + NumPy's single-threaded strided copy from an
-  ``as_strided`` window view, on 2 cores: 2.1-2.4x faster on the FPN's maps (5.8 against
-  12.3 ms for 256 channels at 100x120), the same on the mask head's 100 RoIs of 14x14, whose
-  rows are short. (An earlier Numba gather with one index computation per element was 8x
-  slower than NumPy's copy, and plain index loops instead of row slices 2x slower here: whole
-  row slices are what become vector copies.)
+* **im2col is one strided NumPy copy per chunk** from the reference's ``as_strided`` window view
+  of the zero-padded input into the reused buffer. Numba-parallel gathers were tried twice:
+  one index computation per element was 8x slower; a row-slice copy split over the 2 cores was
+  2x faster *alone* but 7-12 ms slower per 3x3 layer *in place* (alternating the two inside the
+  conv, 9 times per shape), because its OpenMP threads and OpenBLAS's still-spinning GEMM
+  workers then fight over the same 2 cores, while NumPy's copy runs on one.
 * **The GEMM is one sgemm** per chunk (NumPy -> OpenBLAS, itself multithreaded), W @ cols
   written straight into the output rows when the chunk is one image (a strided view BLAS accepts
-  without a copy). Computing out^T = cols^T @ W^T instead was measured 1.06-1.29x *slower* with
-  both of OpenBLAS's x86 kernels (Haswell and SkylakeX), alternating the two 9 times per shape.
+  without a copy). out^T = cols^T @ W^T instead, which an earlier, slower machine preferred for
+  128+ output channels, measured the same within 5% in place here and 6-29% slower alone, with
+  both of OpenBLAS's x86 kernel sets (Haswell and SkylakeX): one orientation, less to read.
 * **1x1 convolutions skip im2col**: stride 1, no padding -> the image (C, H*W) *is* the column
   matrix; stride s -> one strided copy (C, OH, OW). These are half of ResNet-50's convolutions.
 * **Not done, measured**: Winograd F(2x2, 3x3) (2.25x fewer multiplies for 3x3 stride-1 layers)
@@ -54,6 +51,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 from numba import prange
+from numpy.lib.stride_tricks import as_strided
 
 from .conv_numpy import output_size
 
@@ -75,32 +73,23 @@ def _valid_cols(j, sw, pw, dw, w, ow_n):
     return lo, max(lo, hi), x0
 
 
-@numba.njit(parallel=True, cache=True)
-def _im2col(x, buf, b0, b1, c0, c1, r0, r1, kh, kw, sh, sw, ph, pw, dh, dw, ow_n):
-    """buf (K, B*R*OW) = columns of images b0:b1, channels c0:c1, output rows r0:r1 of x,
-    row (c - c0, i, j) and column index (b*R + oh - r0)*OW + ow, as the reference's im2col.
-    Taps that land in the padding get 0: no padded copy of x is made."""
-    h, w = x.shape[2], x.shape[3]
-    nb, rr = b1 - b0, r1 - r0
-    for t in prange((c1 - c0) * kh * kw):  # a thread owns whole rows of buf
-        c = c0 + t // (kh * kw)
-        i = (t // kw) % kh
-        lo, hi, x0 = _valid_cols(t % kw, sw, pw, dw, w, ow_n)  # ow in [lo, hi) read the image
-        for b in range(nb):
-            for r in range(rr):
-                row = buf[t, (b * rr + r) * ow_n : (b * rr + r + 1) * ow_n]  # (OW,)
-                y = (r0 + r) * sh - ph + i * dh
-                if y < 0 or y >= h:
-                    row[:] = 0
-                    continue
-                src = x[b0 + b, c, y]  # (W,)
-                row[:lo] = 0
-                if sw == 1:  # one contiguous run
-                    row[lo:hi] = src[x0 + lo : x0 + hi]
-                else:
-                    for ow in range(lo, hi):
-                        row[ow] = src[x0 + ow * sw]
-                row[hi:] = 0
+def _windows(x, kh, kw, stride, padding, dilation, oh, ow):
+    """The read-only view windows[n, c, i, j, oh, ow] of the zero-padded x (as in the reference)."""
+    xp = np.pad(x, ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2)) if any(padding) else x
+    xp = np.ascontiguousarray(xp)
+    sn, sc, sy, sx = xp.strides
+    shape = (x.shape[0], x.shape[1], kh, kw, oh, ow)
+    strides = (sn, sc, dilation[0] * sy, dilation[1] * sx, stride[0] * sy, stride[1] * sx)
+    return as_strided(xp, shape, strides, writeable=False)
+
+
+def _im2col(windows, buf, b0, b1, c0, c1, r0, r1):
+    """buf (K, B*R*OW) = columns of images b0:b1, channels c0:c1, output rows r0:r1, with column
+    index (b*R + oh - r0)*OW + ow: one strided NumPy copy (measured 8x faster here than a
+    Numba-parallel gather, which pays per-element index arithmetic; NumPy's copy loop streams)."""
+    win = windows[b0:b1, c0:c1, :, :, r0:r1]  # (B, Cg, KH, KW, R, OW)
+    nb, cg, kh, kw, rr, ow = win.shape
+    np.copyto(buf.reshape(cg, kh, kw, nb, rr, ow), win.transpose(1, 2, 3, 0, 4, 5))
 
 
 @numba.njit(parallel=True, cache=True)
@@ -190,13 +179,13 @@ def forward(x, weight, bias, stride, padding, dilation, groups):
             res = np.matmul(wg[g], xs[:, g * cg : (g + 1) * cg].reshape(n, cg, l_all))
             out[:, g * og : (g + 1) * og] = res.reshape(n, og, oh, ow)
     else:
-        x, geom = np.ascontiguousarray(x), (kh, kw, *stride, *padding, *dilation)
         plan = _plan(n, oh, ow, k, x.itemsize)
+        win = _windows(x, kh, kw, stride, padding, dilation, oh, ow)
         cols = _scratch(k * max((b1 - b0) * (r1 - r0) for b0, b1, r0, r1 in plan) * ow, x.dtype)
         for g in range(groups):
             for b0, b1, r0, r1 in plan:
                 buf = _buffer(cols, k, (b1 - b0) * (r1 - r0) * ow)  # (K, B*R*OW)
-                _im2col(x, buf, b0, b1, g * cg, (g + 1) * cg, r0, r1, *geom, ow)
+                _im2col(win, buf, b0, b1, g * cg, (g + 1) * cg, r0, r1)
                 if b1 - b0 == 1:  # straight into the output rows (a strided view BLAS accepts)
                     dst = out[b0, g * og : (g + 1) * og].reshape(og, l_all)
                     np.matmul(wg[g], buf, out=dst[:, r0 * ow : r1 * ow])
@@ -263,12 +252,12 @@ def grad_weight(grad_out, x, weight_shape, stride, padding, dilation, groups):
                 gsrc, xs[:, g * cg : (g + 1) * cg].reshape(n, cg, l_all).transpose(0, 2, 1)
             ).sum(0)
         return gw.reshape(weight_shape)
-    x, geom = np.ascontiguousarray(x), (kh, kw, *stride, *padding, *dilation)
     plan = _plan(n, oh, ow, k, x.itemsize)
+    win = _windows(x, kh, kw, stride, padding, dilation, oh, ow)
     cols = _scratch(k * max((b1 - b0) * (r1 - r0) for b0, b1, r0, r1 in plan) * ow, x.dtype)
     for g in range(groups):
         for b0, b1, r0, r1 in plan:
             buf = _buffer(cols, k, (b1 - b0) * (r1 - r0) * ow)
-            _im2col(x, buf, b0, b1, g * cg, (g + 1) * cg, r0, r1, *geom, ow)
+            _im2col(win, buf, b0, b1, g * cg, (g + 1) * cg, r0, r1)
             gw[g] += _grad_chunk(grad_out, b0, b1, r0, r1, g * og, (g + 1) * og) @ buf.T
     return gw.reshape(weight_shape)
