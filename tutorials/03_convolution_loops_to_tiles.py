@@ -131,8 +131,8 @@ plt.close(fig)
 # %% [markdown]
 # The price: `cols` holds every input value KH*KW times (9x for 3x3): 500 MB for that FPN layer.
 # The fast CPU path (`kernels/conv_cpu.py`) builds it in chunks of output rows (or of whole small
-# images side by side, for the mask head's 100 RoIs of 14x14), with a Numba-parallel gather, and
-# skips it entirely for 1x1 convolutions, where the image already *is* the column matrix.
+# images side by side, for the mask head's 100 RoIs of 14x14), one strided NumPy copy per chunk,
+# and skips it entirely for 1x1 convolutions, where the image already *is* the column matrix.
 #
 # The backward is two more matrix products: `grad_weight = grad_out (O, L) @ cols^T` and
 # `grad_cols = weight^T (K, O) @ grad_out`, folded back onto the image by col2im (each input
