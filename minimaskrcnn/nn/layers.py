@@ -387,7 +387,7 @@ class _ScaleShift(Function):
     @staticmethod
     def forward(ctx, x, scale, shift):
         ctx.scale = scale
-        if ctx.needs_input_grad[1:2] == (True,):  # scale is a Tensor: d/dscale reads x
+        if any(ctx.needs_input_grad[1:2]):  # scale is a trained Tensor: d/dscale reads x
             ctx.x = x
         y = x * scale
         y += shift
