@@ -117,6 +117,7 @@ extern "C" __global__ void nms_reduce(const unsigned long long* __restrict__ mas
       }
       removed[col] = acc;
     }
-    __syncthreads();  // diag and kept_word are rewritten for the next block
+    // No third barrier: the next block's diag and kept_word are written after its first
+    // barrier, which every thread reaches only when done with this block's words.
   }
 }

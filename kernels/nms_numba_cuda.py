@@ -151,7 +151,9 @@ def nms_reduce(mask, n, removed, keep):
                 if ((kw >> numba.uint64(b)) & _ONE) != numba.uint64(0):
                     acc |= mask[c * THREADS + b, col]
             removed[col] = acc
-        cuda.syncthreads()  # kept_word and diag are rewritten by the next block
+        # No third barrier: the next block rewrites kept_word only after its first barrier,
+        # which every thread reaches only once done with this block's words (and only thread 0
+        # reads diag, before the second barrier).
 
 
 _MASK_KERNELS: dict = {}

@@ -1,0 +1,186 @@
+"""A NumPy-backed stand-in for the part of CuPy that ``kernels/*_cupy.py`` use, whose
+``RawModule`` runs the CUDA C kernels on the CPU (tests/_cuda_emu.py). With it, CI (no GPU)
+executes the "cupy" backend's glue and kernels; scripts/gpu_suite.sh runs them on a real GPU.
+
+It is a test double, not CuPy: arrays are NumPy arrays (a subclass whose type says "cupy", so
+``minimaskrcnn.backends.is_cupy`` sees them as GPU arrays), and only what the glue calls exists.
+Two things make it stricter than plain NumPy, to catch what a GPU would not report:
+  * every allocation it makes has guard bytes on both sides, checked after every kernel launch
+    (an out-of-bounds write names the kernel and the array's shape);
+  * ``empty`` is filled with NaN bytes (all ones), so a kernel that leaves part of its output
+    unwritten is seen by the tests.
+"""
+
+from __future__ import annotations
+
+import types
+import weakref
+
+import _cuda_emu
+import numpy as np
+
+GUARD = 256  # bytes on each side of every allocation
+ALIGN = 256  # CuPy's allocator hands out 256-byte aligned blocks
+PATTERN = 0xA5
+
+_live = {}  # id -> (weakref to the buffer, offset, nbytes, shape, dtype)
+
+
+class _Memory:
+    def __init__(self, ptr):
+        self.ptr = ptr
+
+
+class ndarray(np.ndarray):
+    """A "GPU" array: NumPy memory, CuPy's few extra attributes."""
+
+    @property
+    def data(self):  # cupy: a MemoryPointer; .ptr is the address of the first element
+        return _Memory(self.ctypes.data)
+
+    def copy(self, order="C"):
+        out = empty(self.shape, self.dtype)
+        out[...] = self
+        return out
+
+    def get(self):
+        return np.array(self)
+
+
+ndarray.__module__ = "cupy"  # what minimaskrcnn.backends.is_cupy looks at
+
+
+def _alloc(shape, dtype):
+    dtype = np.dtype(dtype)
+    shape = tuple(int(s) for s in (shape if isinstance(shape, tuple | list) else (shape,)))
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    buf = np.empty(nbytes + 2 * GUARD + ALIGN, np.uint8)
+    off = (-buf.ctypes.data) % ALIGN + GUARD
+    buf[: off] = PATTERN
+    buf[off + nbytes :] = PATTERN
+    arr = buf[off : off + nbytes].view(dtype).reshape(shape).view(ndarray)
+    key = id(buf)
+    _live[key] = (weakref.ref(buf), off, nbytes, shape, dtype)
+    weakref.finalize(buf, _live.pop, key, None)
+    return arr
+
+
+def check_guards(kernel_name="?"):
+    """Raise if any live allocation's guard bytes were overwritten (called after every launch)."""
+    for ref, off, nbytes, shape, dtype in list(_live.values()):
+        buf = ref()
+        if buf is None:
+            continue
+        if (buf[off - GUARD : off] != PATTERN).any() or (
+            buf[off + nbytes : off + nbytes + GUARD] != PATTERN
+        ).any():
+            buf[off - GUARD : off] = PATTERN  # report once
+            buf[off + nbytes : off + nbytes + GUARD] = PATTERN
+            raise RuntimeError(
+                f"cuda_emu: kernel {kernel_name} wrote outside an array of shape {shape} "
+                f"and dtype {dtype} (its guard bytes changed)"
+            )
+
+
+def _wrap(a):
+    return a.view(ndarray) if isinstance(a, np.ndarray) else a
+
+
+def empty(shape, dtype=np.float64, order="C"):
+    out = _alloc(shape, dtype)
+    out.view(np.uint8)[...] = 0xFF  # NaN for floats, -1 for signed integers
+    return out
+
+
+def zeros(shape, dtype=np.float64, order="C"):
+    out = _alloc(shape, dtype)
+    out[...] = 0
+    return out
+
+
+def full(shape, fill_value, dtype=None):
+    out = _alloc(shape, dtype if dtype is not None else np.asarray(fill_value).dtype)
+    out[...] = fill_value
+    return out
+
+
+def empty_like(a, dtype=None):
+    return empty(a.shape, dtype if dtype is not None else a.dtype)
+
+
+def zeros_like(a, dtype=None):
+    return zeros(a.shape, dtype if dtype is not None else a.dtype)
+
+
+def asarray(a, dtype=None):
+    if isinstance(a, ndarray) and (dtype is None or np.dtype(dtype) == a.dtype):
+        return a
+    src = np.asarray(a, dtype=dtype)
+    out = _alloc(src.shape, src.dtype)
+    out[...] = src
+    return out
+
+
+def ascontiguousarray(a, dtype=None):
+    if isinstance(a, ndarray) and a.flags.c_contiguous and (dtype is None or a.dtype == dtype):
+        return a
+    return asarray(np.ascontiguousarray(a, dtype=dtype))
+
+
+def asnumpy(a):
+    return np.array(a)
+
+
+def argsort(a, axis=-1):
+    return _wrap(np.argsort(a, axis=axis, kind="stable"))  # CuPy's sort is a stable radix sort
+
+
+def matmul(a, b, out=None):
+    return _wrap(np.matmul(a, b, out=out))
+
+
+def _numpy_function(name):
+    f = getattr(np, name)
+
+    def wrapped(*args, **kwargs):
+        r = f(*args, **kwargs)
+        return tuple(_wrap(x) for x in r) if isinstance(r, tuple) else _wrap(r)
+
+    wrapped.__name__ = name
+    return wrapped
+
+
+def __getattr__(name):
+    """Everything else is NumPy's, with array results viewed as "GPU" arrays (CuPy mirrors
+    NumPy's API): dtypes, ufuncs (which keep the subclass themselves) and functions."""
+    obj = getattr(np, name)
+    if callable(obj) and not isinstance(obj, type | np.ufunc):
+        return _numpy_function(name)
+    return obj
+
+
+class RawModule:
+    """``cupy.RawModule(code=..., options=...)``: compiled with g++ for the CPU emulator."""
+
+    def __init__(self, code, options=(), **kwargs):
+        self._module = _cuda_emu.Module(code, options)
+
+    def get_function(self, name):
+        return self._module.get_function(name)
+
+
+_cuda_emu.Function.after_launch = staticmethod(check_guards)
+
+
+class _Device:
+    def __init__(self, index=0):
+        self.id = index
+
+    def synchronize(self):
+        pass
+
+
+cuda = types.SimpleNamespace(
+    Device=_Device,
+    runtime=types.SimpleNamespace(getDeviceCount=lambda: 1),
+)

@@ -1,0 +1,250 @@
+"""The "cupy" backend without a GPU: its CUDA C kernels (kernels/*.cu) compiled with g++ and run on
+the CPU by tests/_cuda_emu.py, behind tests/_fake_cupy.py standing in for CuPy. The checks are the
+ones the real-GPU suites run (tests/_roi_checks.py, _nms_checks.py, _conv_checks.py), on smaller
+inputs, so CI executes every CUDA C kernel and its launch code, not only compiles it.
+
+What this proves and what it does not: the kernels' indexing, arithmetic, bounds, barriers (each
+kernel with shared memory runs with its threads in two orders, so a missing __syncthreads shows)
+and the argument types their launches pass. Races between blocks, warp behaviour and speed need
+a real GPU: scripts/gpu_suite.sh runs the same checks there (tests marked gpu).
+
+The first tests check the emulator itself: that it catches what it claims to catch.
+"""
+
+import sys
+
+import _cuda_emu
+import _fake_cupy
+import numpy as np
+import pytest
+import torch  # noqa: F401  (the reference must be installed: fail, never skip)
+from _conv_checks import RESNET_FPN, VERSIONS, check_conv
+from _nms_checks import (
+    check_batched,
+    check_degenerate,
+    check_empty_and_one,
+    check_equal_scores,
+    check_integer_grid,
+    check_random,
+    check_threshold_boundary,
+    check_threshold_compared_in_float64,
+)
+from _roi_checks import (
+    check_align,
+    check_align_versions,
+    check_hand_align,
+    check_hand_gradients,
+    check_hand_pool,
+    check_nonfinite,
+    check_pool,
+    random_rois,
+)
+from minimaskrcnn.kernels import _cupy_loader
+
+from minimaskrcnn import backends, ops
+
+
+@pytest.fixture(autouse=True)
+def emulated_cupy(monkeypatch):
+    """``import cupy`` gives the fake for the duration of one test; the kernel modules compiled
+    for it are dropped afterwards (a real CuPy in the same process must not see them)."""
+    monkeypatch.setitem(sys.modules, "cupy", _fake_cupy)
+    monkeypatch.setitem(backends._probe_cache, "cupy", True)
+    _cupy_loader.module.cache_clear()
+    yield _fake_cupy
+    _cupy_loader.module.cache_clear()
+
+
+@pytest.fixture(params=["forward", "reverse"])
+def schedule(request, monkeypatch):
+    """Each block's threads run in thread order, then in reverse order (see tests/cuda_emu.h)."""
+    monkeypatch.setattr(_cuda_emu, "REVERSE", request.param == "reverse")
+    return request.param
+
+
+def gpu(a):
+    return _fake_cupy.asarray(a)
+
+
+# ----------------------------------------------------------------------------- the emulator itself
+SHIFT = r"""
+extern "C" __global__ void shift(const float* x, float* y, int n, int sync) {
+    __shared__ float s[64];
+    int t = threadIdx.x, i = blockIdx.x * blockDim.x + t;
+    s[t] = i < n ? x[i] : 0.f;
+    if (sync) __syncthreads();
+    if (i < n) y[i] = s[(t + 1) % blockDim.x];  // a neighbour's value: needs the barrier
+}
+extern "C" __global__ void spill(float* y, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i <= n) y[i] = 1.f;  // off by one
+}
+"""
+
+
+def _shift(sync):
+    x = np.arange(1, 101, dtype=np.float32)
+    y = _fake_cupy.zeros(100, np.float32)
+    f = _fake_cupy.RawModule(code=SHIFT).get_function("shift")
+    f((2,), (64,), (gpu(x), y, np.int32(100), np.int32(sync)))
+    want = np.where(np.arange(100) % 64 == 63, x - 63, x + 1)
+    want[99] = 0.0  # thread 36 of block 1 reads thread 37's slot: beyond n, stored as 0
+    return y.get(), want
+
+
+def test_a_missing_barrier_gives_a_wrong_answer_in_one_of_the_two_orders(schedule):
+    got, want = _shift(sync=1)
+    np.testing.assert_array_equal(got, want)
+    got, want = _shift(sync=0)
+    assert (got != want).any(), "without __syncthreads some thread must read a stale slot"
+
+
+def test_an_out_of_bounds_write_is_reported_with_the_kernel_name():
+    f = _fake_cupy.RawModule(code=SHIFT).get_function("spill")
+    y = _fake_cupy.zeros(10, np.float32)
+    with pytest.raises(RuntimeError, match=r"kernel spill wrote outside an array of shape \(10,\)"):
+        f((1,), (32,), (y, np.int32(10)))
+
+
+def test_arguments_must_have_the_parameters_exact_types():
+    f = _fake_cupy.RawModule(code=SHIFT).get_function("shift")
+    x, y = gpu(np.zeros(4, np.float32)), _fake_cupy.zeros(4, np.float32)
+    with pytest.raises(TypeError, match=r"argument 2 \(int n\).*NumPy int32 scalar, got int64"):
+        f((1,), (4,), (x, y, np.int64(4), np.int32(1)))
+    with pytest.raises(TypeError, match=r"argument 2 \(int n\): pass a NumPy scalar"):
+        f((1,), (4,), (x, y, 4, np.int32(1)))
+    with pytest.raises(TypeError, match=r"argument 0 \(const float\* x\).*float32, got.*float64"):
+        f((1,), (4,), (gpu(np.zeros(4)), y, np.int32(4), np.int32(1)))
+    with pytest.raises(TypeError, match="takes 4 arguments"):
+        f((1,), (4,), (x, y, np.int32(4)))
+    with pytest.raises(ValueError, match="grid .* outside CUDA's limits"):
+        f((1, 70000), (4,), (x, y, np.int32(4), np.int32(1)))
+    with pytest.raises(ValueError, match="more than 1024 threads"):
+        f((1,), (64, 32), (x, y, np.int32(4), np.int32(1)))
+
+
+def test_empty_is_nan_so_unwritten_outputs_show():
+    assert np.isnan(_fake_cupy.empty((3, 2), np.float32)).all()
+    assert (_fake_cupy.empty(3, np.int32) == -1).all()
+
+
+# ----------------------------------------------------------------------------- RoIAlign, RoIPool
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("sampling_ratio", [-1, 0, 1, 2, 3])
+def test_roi_align_random_boxes(aligned, sampling_ratio):
+    rng = np.random.default_rng(sampling_ratio + 1 + 10 * aligned)
+    x = rng.standard_normal((2, 3, 11, 13)).astype(np.float32)
+    for scale, out_size in ((1.0, (2, 3)), (0.5, 7), (0.25, (3, 2))):
+        rois = random_rois(rng, 2, 11, 13, 12, scale)
+        check_align("cupy", gpu, x, rois, out_size, scale, sampling_ratio, aligned)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_roi_pool_random_boxes(dtype):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 11, 13)).astype(dtype)
+    for scale, out_size in ((1.0, (2, 3)), (0.5, 7), (0.3, (3, 2)), (2.0, 3)):
+        check_pool("cupy", gpu, x, random_rois(rng, 2, 11, 13, 12, scale, dtype), out_size, scale)
+
+
+def test_roi_align_float64_empty_and_non_contiguous():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 3, 18, 11))[:, :, ::2]  # strided rows, float64
+    check_align("cupy", gpu, x, random_rois(rng, 2, 9, 11, 12, 0.5, np.float64), 2, 0.5, -1, True)
+    check_align("cupy", gpu, x, np.zeros((0, 5)), 2, 0.5, 2, False)
+    check_pool("cupy", gpu, x.astype(np.float32), np.zeros((0, 5), np.float32), 2, 1.0)
+
+
+def test_roi_hand_computed_and_nonfinite():
+    check_hand_align("cupy", gpu)
+    check_hand_pool("cupy", gpu)
+    check_hand_gradients("cupy", gpu)
+    check_nonfinite("cupy", gpu)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_roi_align_forward_versions(dtype, schedule):
+    # 70 channels: version 2's second channel chunk is partial; its shared sample table and the
+    # fallback loop for tables over MAX_SAMPLES both run.
+    x = np.random.default_rng(6).standard_normal((2, 70, 9, 11)).astype(dtype)
+    check_align_versions("roi_align_cupy", gpu, x, K=4)
+
+
+# ----------------------------------------------------------------------------- NMS
+def test_nms_random_boxes(rng, schedule):
+    for n in (2, 63, 64, 65, 300):
+        for t in (0.3, 0.7):
+            check_random("cupy", gpu, rng, n, t)
+    check_random("cupy", gpu, rng, 200, 0.5, dtype=np.float64)
+
+
+def test_nms_edge_cases(rng):
+    check_threshold_boundary("cupy", gpu)
+    check_threshold_compared_in_float64("cupy", gpu)
+    check_equal_scores("cupy", gpu, rng, 150)
+    check_empty_and_one("cupy", gpu)
+    check_degenerate("cupy", gpu)
+    check_integer_grid("cupy", gpu, rng, 300)
+
+
+def test_batched_nms(rng):
+    check_batched("cupy", gpu, rng, 300, 5, 0.5)
+
+
+# ----------------------------------------------------------------------------- convolution
+SMALL_FPN = sorted({(min(c, 16), min(o, 72), k, s, p) for c, o, k, s, p in RESNET_FPN})
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("cfg", SMALL_FPN, ids=["c{}o{}k{}s{}".format(*c[:4]) for c in SMALL_FPN])
+def test_conv_resnet_fpn_kernel_shapes(version, cfg):
+    # Every kernel size, stride and padding of ResNet-50-FPN, with the channels cut to at most
+    # 16 in and 72 out (72 > 64: both heights of version 4's tile, a partial second tile).
+    c, o, k, s, p = cfg
+    rng = np.random.default_rng(0)
+    size = (13, 11) if k == 7 else (9, 7)
+    x = rng.uniform(-1, 1, (2, c, *size))
+    w = rng.uniform(-1, 1, (o, c, k, k))
+    check_conv("cupy", version, False, x, w, rng.uniform(-1, 1, o), stride=s, padding=p)
+
+
+@pytest.mark.parametrize("version", ["tiled", "regtiled"])
+def test_conv_shared_memory_versions_in_both_thread_orders(version, schedule):
+    # K = 16 * 3 * 3 = 144: 9 k tiles of 16 (version 3), 18 of 8 (version 4, double-buffered);
+    # 160 positions: a partial 128-wide tile.
+    rng = np.random.default_rng(7)
+    x = rng.uniform(-1, 1, (1, 16, 16, 10))
+    w = rng.uniform(-1, 1, (20, 16, 3, 3))
+    check_conv("cupy", version, False, x, w, rng.uniform(-1, 1, 20), stride=1, padding=1)
+    check_conv("cupy", version, True, x, w.transpose(1, 0, 2, 3).copy(), rng.uniform(-1, 1, 20),
+               stride=2, padding=1, output_padding=1)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_conv_drawn_shapes(version):
+    rng = np.random.default_rng(1)
+    for _ in range(6):
+        g = int(rng.choice([1, 2, 3]))
+        cg, og = int(rng.integers(1, 6)), int(rng.integers(1, 70))  # og > 64: both tile heights
+        h, w = int(rng.integers(3, 20)), int(rng.integers(3, 20))
+        kh, kw = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+        s = (int(rng.integers(1, 3)), int(rng.integers(1, 3)))
+        d = (int(rng.integers(1, 3)), int(rng.integers(1, 3)))
+        p = (int(rng.integers(0, 3)), int(rng.integers(0, 3)))
+        x = rng.uniform(-1, 1, (2, g * cg, h, w))
+        wt = rng.uniform(-1, 1, (g * og, cg, kh, kw))
+        pc, dc = p, d  # as in test_conv_gpu.py: too small a padded input gets padding 2
+        if h + 2 * p[0] < d[0] * (kh - 1) + 1 or w + 2 * p[1] < d[1] * (kw - 1) + 1:
+            pc, dc = (2, 2), (1, 1)
+        check_conv("cupy", version, False, x, wt, rng.uniform(-1, 1, g * og), stride=s,
+                   padding=pc, dilation=dc, groups=g)
+        wt_t = rng.uniform(-1, 1, (g * cg, og, kh, kw))
+        op = (int(rng.integers(0, s[0])), int(rng.integers(0, s[1])))
+        pt = (min(p[0], (h - 1) * s[0] // 2), min(p[1], (w - 1) * s[1] // 2))
+        check_conv("cupy", version, True, x, wt_t, rng.uniform(-1, 1, g * og), stride=s,
+                   padding=pt, output_padding=op, dilation=d, groups=g)
+
+
+def test_conv_float64_is_a_clear_error():
+    with pytest.raises(TypeError, match="conv2d: the 'cupy' kernels .* float32 only"):
+        ops.conv2d(_fake_cupy.zeros((1, 2, 5, 5)), _fake_cupy.zeros((3, 2, 3, 3)), backend="cupy")
