@@ -33,7 +33,7 @@ import numpy as np
 
 HEADER = Path(__file__).with_name("cuda_emu.h")
 CXXFLAGS = [
-    "-std=c++17", "-O1", "-fPIC", "-shared",
+    "-std=c++17", "-O2", "-fPIC", "-shared",
     "-ffp-contract=off",  # a*b+c stays two roundings, as the *_rn intrinsics promise
     "-fno-strict-aliasing",  # the kernels read float arrays as float4, as CUDA allows
     "-Wall", "-Wno-unknown-pragmas", "-Wno-unused-function", "-Wno-unused-variable",

@@ -184,3 +184,24 @@ cuda = types.SimpleNamespace(
     Device=_Device,
     runtime=types.SimpleNamespace(getDeviceCount=lambda: 1),
 )
+
+
+def _scatter_add(a, slices, value):
+    np.add.at(a, slices, value)
+
+
+# cupyx: CuPy's extras; the library uses scatter_add (NumPy's add.at) in backward passes.
+cupyx = types.ModuleType("cupyx")
+cupyx.scatter_add = _scatter_add
+
+
+def install(monkeypatch):
+    """Make ``import cupy`` / ``import cupyx`` give this stand-in, and minimaskrcnn see a "GPU",
+    until the test ends (pytest's monkeypatch undoes it)."""
+    import sys
+
+    from minimaskrcnn import backends
+
+    monkeypatch.setitem(sys.modules, "cupy", sys.modules[__name__])
+    monkeypatch.setitem(sys.modules, "cupyx", cupyx)
+    monkeypatch.setitem(backends._probe_cache, "cupy", True)
