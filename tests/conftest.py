@@ -7,6 +7,10 @@
   reference extra fails the run instead of skipping tests.
 * GPU tests (marker ``gpu``) are deselected by ``addopts`` in pyproject.toml; the summary line
   below says how many, so nothing is skipped silently.
+* ``pytest -m gpu --emulate-gpu`` runs the GPU tests without a GPU: ``import cupy`` gives the
+  NumPy stand-in of tests/_fake_cupy.py, whose kernels run on the CPU emulator (tests/_cuda_emu.py).
+  Only the "cupy" backend is emulated: tests of Numba on the device (their ids say "numba") and
+  tests marked ``device`` (torch CUDA, the real-GPU checks) are deselected, and the header says so.
 """
 
 import os
@@ -40,8 +44,43 @@ TINY_TRAIN_KW = dict(
 )
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--emulate-gpu",
+        action="store_true",
+        help="run 'gpu' tests of the cupy backend on the CPU emulator (tests/_fake_cupy.py)",
+    )
+
+
+def pytest_configure(config):
+    if config.getoption("--emulate-gpu"):
+        import sys
+
+        import _fake_cupy
+
+        sys.modules["cupy"], sys.modules["cupyx"] = _fake_cupy, _fake_cupy.cupyx
+        backends._probe_cache["cupy"] = True
+
+
+def pytest_collection_modifyitems(config, items):
+    if not config.getoption("--emulate-gpu"):
+        return
+    real = [i for i in items if i.get_closest_marker("device") or "numba" in i.name]
+    if real:
+        config.hook.pytest_deselected(items=real)
+        items[:] = [i for i in items if i not in real]
+        _emulation_deselected.extend(real)
+
+
+_emulation_deselected = []
+
+
 def pytest_report_header(config):
     lines = []
+    if config.getoption("--emulate-gpu"):
+        lines.append("--emulate-gpu: 'cupy' is the NumPy stand-in of tests/_fake_cupy.py, its "
+                     "CUDA C kernels run on the CPU emulator; tests of Numba on the device and "
+                     "tests marked 'device' are deselected")
     if "not gpu" in (config.getoption("markexpr") or ""):
         # Said up front because with pytest-xdist the workers deselect and the summary is silent.
         lines.append("tests marked 'gpu' are deselected here (-m 'not gpu'): "
@@ -60,7 +99,12 @@ def pytest_deselected(items):
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    n = len(_gpu_deselected)
+    if _emulation_deselected:
+        terminalreporter.write_line(
+            f"{len(_emulation_deselected)} tests need a real GPU (Numba on the device, torch CUDA) "
+            "and were deselected by --emulate-gpu: run scripts/gpu_suite.sh on a GPU machine."
+        )
+    n = len(_gpu_deselected) - len(_emulation_deselected)
     if n:
         terminalreporter.write_line(
             f"{n} tests marked 'gpu' were deselected (no GPU here): "

@@ -38,6 +38,7 @@ def converter(array_backend):
     return cupy.asarray
 
 
+@pytest.mark.device
 def test_runs_on_a_real_gpu():
     assert backends.cupy_available(), "the gpu suite needs CuPy and a CUDA device"
     assert not backends.cuda_simulator(), "run with NUMBA_ENABLE_CUDASIM=0 (scripts/gpu_suite.sh)"
@@ -68,6 +69,7 @@ def test_batched_nms_matches_torchvision(backend, arrays, rng):
     check_batched(backend, converter(arrays), rng, 30_000, 20, 0.5)  # > 100k coordinates: per-class
 
 
+@pytest.mark.device
 def test_cupy_matches_torchvision_cuda_away_from_the_threshold_corner(rng):
     """torchvision's own CUDA nms agrees too. It compares in float32 and may fuse w * h into an
     FMA, so it can differ from the spec when an IoU sits within an ulp of the threshold: with

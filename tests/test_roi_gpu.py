@@ -31,6 +31,7 @@ def gpu(a):
     return cupy.asarray(a)
 
 
+@pytest.mark.device
 def test_numba_runs_on_the_device_not_the_simulator():
     assert not backends.cuda_simulator(), "scripts/gpu_suite.sh sets NUMBA_ENABLE_CUDASIM=0"
     assert backends.cupy_available()
