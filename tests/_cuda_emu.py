@@ -25,6 +25,7 @@ import ctypes
 import hashlib
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -89,6 +90,8 @@ class Param:
 def kernels_in(source: str) -> dict[str, list[Param]]:
     """``{name: params}`` of every ``extern "C" __global__`` function, read after the preprocessor
     (so parameter macros such as conv.cu's GEOM_PARAMS are expanded)."""
+    if shutil.which("g++") is None:
+        raise RuntimeError("cuda_emu: needs g++ (the C++ compiler nvcc uses as its host compiler)")
     proc = subprocess.run(
         ["g++", "-E", "-P", "-x", "c++", "-std=c++17", "-D__launch_bounds__(...)=", "-"],
         input=source, capture_output=True, text=True,
