@@ -180,9 +180,32 @@ class _Device:
         pass
 
 
+class _Event:
+    """A CUDA event: here, the host clock when ``record`` is called (everything is synchronous)."""
+
+    def record(self, stream=None):
+        import time
+
+        self.t = time.perf_counter()
+
+    def synchronize(self):
+        pass
+
+
+def _elapsed_ms(start, end):
+    return (end.t - start.t) * 1e3
+
+
+def _properties(index):
+    return {"name": b"CPU emulator (tests/_fake_cupy.py)", "totalGlobalMem": 1 << 30,
+            "multiProcessorCount": 1, "major": 0, "minor": 0}
+
+
 cuda = types.SimpleNamespace(
     Device=_Device,
-    runtime=types.SimpleNamespace(getDeviceCount=lambda: 1),
+    Event=_Event,
+    get_elapsed_time=_elapsed_ms,
+    runtime=types.SimpleNamespace(getDeviceCount=lambda: 1, getDeviceProperties=_properties),
 )
 
 
