@@ -11,6 +11,8 @@ a real GPU: scripts/gpu_suite.sh runs the same checks there (tests marked gpu).
 The first tests check the emulator itself: that it catches what it claims to catch.
 """
 
+import json
+
 import _cuda_emu
 import _fake_cupy
 import numpy as np
@@ -295,3 +297,16 @@ def test_training_on_cupy_follows_the_numpy_run(tmp_path):
             assert g[k] == pytest.approx(w[k], rel=1e-4), (g["iteration"], k)
     model, _ = checkpoint.load_model_weights(tmp_path / "gpu" / "model_final.npz")
     assert all(type(v) is np.ndarray for v in model.state_dict().values())
+
+    # the trained weights through the two CLIs that take a GPU option
+    from minimaskrcnn import evaluate, predict
+
+    weights, val = tmp_path / "gpu" / "model_final.npz", tmp_path / "ds" / "val"
+    assert evaluate.main(["--weights", str(weights), "--data", str(val), "--backend", "cupy",
+                          "--out", str(tmp_path / "metrics.json")]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["images"] == 2 and 0.0 <= metrics["segm"]["AP"] <= 1.0
+    image = sorted((val / "images").iterdir())[0]
+    assert predict.main([str(image), "--weights", str(weights), "--device", "gpu",
+                         "--out", str(tmp_path / "pred.png")]) == 0
+    assert (tmp_path / "pred.png").stat().st_size > 1000
