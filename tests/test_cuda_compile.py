@@ -46,3 +46,20 @@ def test_cu_compiles_without_warnings_or_spills(src, arch, tmp_path):
     spills = [int(n) for n in re.findall(r"(\d+) bytes spill (?:stores|loads)", log)]
     assert spills, f"no ptxas -v report for {src.name}:\n{log}"
     assert max(spills) == 0, f"{src.name} spills registers on {arch}:\n{log}"
+
+
+@pytest.mark.parametrize("src", SOURCES, ids=[s.name for s in SOURCES])
+def test_static_shared_memory_fits_a_block(src, tmp_path):
+    """A kernel with more than 48 KB of static __shared__ memory cannot be launched at all (more
+    needs dynamic shared memory and an opt-in); the emulator in tests/_cuda_emu.py does not model
+    it, so it is checked here from ptxas's report."""
+    log = subprocess.run(
+        ["nvcc", "-std=c++17", "-arch=sm_80", "-cubin", "-Xptxas", "-v",
+         "-o", str(tmp_path / "k.cubin"), str(src)],
+        capture_output=True, text=True,
+    )
+    text = log.stdout + log.stderr
+    assert log.returncode == 0, text
+    assert re.search(r"Used \d+ registers", text), f"no ptxas -v report for {src.name}:\n{text}"
+    smem = [int(n) for n in re.findall(r"(\d+) bytes smem", text)] or [0]  # none: no line
+    assert max(smem) <= 48 * 1024, f"{src.name}: {max(smem)} bytes of static shared memory"
