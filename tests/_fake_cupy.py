@@ -44,10 +44,65 @@ class ndarray(np.ndarray):
         return out
 
     def get(self):
-        return np.array(self)
+        return np.array(self.view(np.ndarray))
+
+    # CuPy refuses to compute with a GPU array and a host array together (TypeError: Unsupported
+    # type numpy.ndarray); NumPy would not mind, so the two hooks below refuse as CuPy does.
+    # Scalars (and 0-d arrays) mix freely in both.
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        out = kwargs.get("out", ())
+        _refuse_host_arrays(f"{ufunc.__name__}.{method}", inputs + tuple(out))
+        args = [_plain(a) for a in inputs]
+        if out:
+            kwargs["out"] = tuple(_plain(o) for o in out)
+        result = getattr(ufunc, method)(*args, **kwargs)
+        if out:
+            return out[0] if len(out) == 1 else out
+        if isinstance(result, tuple):
+            return tuple(_device(r) for r in result)
+        return _device(result)
+
+    def __array_function__(self, func, types, args, kwargs):
+        _refuse_host_arrays(func.__name__, (args, tuple(kwargs.values())))
+        result = super().__array_function__(func, types, args, kwargs)
+        if isinstance(result, tuple):
+            return tuple(_device(r) for r in result)
+        return _device(result)
+
+    def __getitem__(self, index):  # one element of a CuPy array is a 0-d CuPy array
+        return _device(super().__getitem__(index))
 
 
 ndarray.__module__ = "cupy"  # what minimaskrcnn.backends.is_cupy looks at
+
+
+def _device(r):
+    """A result as CuPy gives it: arrays stay on the "GPU" and a NumPy scalar (what NumPy returns
+    for a reduction or a 0-d result) becomes a 0-d GPU array, as CuPy never returns scalars."""
+    if isinstance(r, np.generic):
+        return np.asarray(r).view(ndarray)
+    return r.view(ndarray) if type(r) is np.ndarray else r
+
+
+def _plain(a):
+    return a.view(np.ndarray) if isinstance(a, ndarray) else a
+
+
+def _host_arrays(values):
+    for v in values:
+        if isinstance(v, list | tuple):
+            yield from _host_arrays(v)
+        elif type(v) is np.ndarray and v.ndim > 0:
+            yield v
+
+
+def _refuse_host_arrays(what, values):
+    host = next(_host_arrays(values), None)
+    if host is not None:
+        raise TypeError(
+            f"fake cupy: {what} mixes GPU arrays with a NumPy array of shape {host.shape} and "
+            f"dtype {host.dtype}; CuPy refuses that (move it first: cupy.asarray)"
+        )
 
 
 def _alloc(shape, dtype):
@@ -83,7 +138,7 @@ def check_guards(kernel_name="?"):
 
 
 def _wrap(a):
-    return a.view(ndarray) if isinstance(a, np.ndarray) else a
+    return a.view(ndarray) if type(a) is np.ndarray else a
 
 
 def empty(shape, dtype=np.float64, order="C"):

@@ -122,6 +122,17 @@ def test_arguments_must_have_the_parameters_exact_types():
         f((1,), (64, 32), (x, y, np.int32(4), np.int32(1)))
 
 
+def test_the_stand_in_refuses_host_arrays_and_returns_no_scalars_as_cupy():
+    g = gpu(np.arange(4, dtype=np.float32))
+    with pytest.raises(TypeError, match="multiply.* mixes GPU arrays with a NumPy array"):
+        g * np.ones(4, np.float32)
+    with pytest.raises(TypeError, match="concatenate mixes GPU arrays"):
+        np.concatenate([g, np.ones(2, np.float32)])
+    assert (g * np.float32(2)).sum().item() == 12.0  # scalars mix freely
+    for r in (g.sum(), g[1], np.max(g)):  # CuPy: 0-d GPU arrays, never NumPy scalars
+        assert type(r) is _fake_cupy.ndarray and r.shape == ()
+
+
 def test_empty_is_nan_so_unwritten_outputs_show():
     assert np.isnan(_fake_cupy.empty((3, 2), np.float32)).all()
     assert (_fake_cupy.empty(3, np.int32) == -1).all()
