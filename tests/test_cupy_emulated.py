@@ -180,12 +180,35 @@ def test_roi_align_forward_versions(dtype, schedule):
     check_align_versions("roi_align_cupy", gpu, x, K=4)
 
 
+def test_roi_grid_stride_loops(monkeypatch):
+    # The RoI kernels cap the grid at MAX_BLOCKS blocks and loop over the rest (grid-stride), a
+    # path only inputs of > 16M outputs take on a GPU; with a cap of 2 blocks every thread loops.
+    from minimaskrcnn.kernels import roi_align_cupy, roi_pool_cupy
+
+    monkeypatch.setattr(roi_align_cupy, "MAX_BLOCKS", 2)
+    monkeypatch.setattr(roi_pool_cupy, "MAX_BLOCKS", 2)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 11, 13)).astype(np.float32)
+    rois = random_rois(rng, 2, 11, 13, 12, 0.5)  # 12 x 3 x 7 x 7 = 1764 outputs > 2 x 256 threads
+    check_align("cupy", gpu, x, rois, 7, 0.5, 2, True)
+    check_pool("cupy", gpu, x, rois, 7, 0.5)
+
+
 # ----------------------------------------------------------------------------- NMS
 def test_nms_random_boxes(rng, schedule):
     for n in (2, 63, 64, 65, 300):
         for t in (0.3, 0.7):
             check_random("cupy", gpu, rng, n, t)
     check_random("cupy", gpu, rng, 200, 0.5, dtype=np.float64)
+
+
+def test_nms_reduce_with_fewer_threads_than_column_blocks(rng, monkeypatch, schedule):
+    # nms_reduce's threads stride over the column words when there are more words than threads:
+    # on a GPU above 16384 boxes (256 threads); here 2100 boxes (33 words) with 32 threads.
+    from minimaskrcnn.kernels import nms_cupy
+
+    monkeypatch.setattr(nms_cupy, "REDUCE_MAX_THREADS", 32)
+    check_random("cupy", gpu, rng, 2100, 0.5)
 
 
 def test_nms_edge_cases(rng):
