@@ -49,6 +49,17 @@ def tol(terms):
     return 1e-6 * max(terms, 1) + 1e-6
 
 
+def product_counts(x_shape, w_shape, out_shape, transposed, groups):
+    """Products summed into one element of (output, grad input, grad weight, grad bias): the
+    float32 error of each grows with it (see tol)."""
+    kh, kw = w_shape[2:]
+    fwd = (w_shape[0] // groups if transposed else w_shape[1]) * kh * kw
+    gx = (w_shape[1] if transposed else w_shape[0] // groups) * kh * kw
+    gw = x_shape[0] * (x_shape[2] * x_shape[3] if transposed else out_shape[2] * out_shape[3])
+    gb = out_shape[0] * out_shape[2] * out_shape[3]
+    return fwd, gx, gw, gb
+
+
 def check_conv(backend, version, transposed, x, w, b, **kw):
     cp = cupy_module()
     rng = np.random.default_rng(3)
@@ -63,12 +74,8 @@ def check_conv(backend, version, transposed, x, w, b, **kw):
     y = fn(X, W, B, backend=backend, version=version, **kw)
     assert backends.is_cupy(y.data) and y.dtype == np.float32
     y.backward(cp.asarray(go))
-    kh, kwd = w.shape[2:]
-    groups = kw.get("groups", 1)
-    t_fwd = (w.shape[0] // groups if transposed else w.shape[1]) * kh * kwd
-    t_gx = (w.shape[1] if transposed else w.shape[0] // groups) * kh * kwd
-    t_gw = x.shape[0] * (x.shape[2] * x.shape[3] if transposed else ty.shape[2] * ty.shape[3])
-    t_gb = ty.shape[0] * ty.shape[2] * ty.shape[3]
+    t_fwd, t_gx, t_gw, t_gb = product_counts(x.shape, w.shape, ty.shape, transposed,
+                                             kw.get("groups", 1))
     for name, ours, ref, t in [
         ("output", y.data, ty.detach(), t_fwd),
         ("grad input", X.grad, tx.grad, t_gx),
@@ -77,3 +84,47 @@ def check_conv(backend, version, transposed, x, w, b, **kw):
     ]:
         err = np.abs(cp.asnumpy(ours).astype(np.float64) - ref.numpy()).max()
         assert err <= tol(t), f"{backend} {version} {name}: max error {err} > {tol(t)}"
+
+
+def check_drawn_shapes(backend, version, count, max_cg, max_hw, seed=1):
+    """``count`` convolutions with drawn groups, channels (up to ``max_cg`` per group in, up to
+    69 out: both heights of version 4's tile), sizes (3..``max_hw``), kernel, stride, padding
+    and dilation, each as conv2d and as conv_transpose2d, through ``check_conv``."""
+    rng = np.random.default_rng(seed)
+    for _ in range(count):
+        g = int(rng.choice([1, 2, 3]))
+        cg, og = int(rng.integers(1, max_cg + 1)), int(rng.integers(1, 70))
+        h, w = int(rng.integers(3, max_hw + 1)), int(rng.integers(3, max_hw + 1))
+        kh, kw = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+        s = (int(rng.integers(1, 3)), int(rng.integers(1, 3)))
+        d = (int(rng.integers(1, 3)), int(rng.integers(1, 3)))
+        p = (int(rng.integers(0, 3)), int(rng.integers(0, 3)))
+        x = rng.uniform(-1, 1, (2, g * cg, h, w))
+        wt = rng.uniform(-1, 1, (g * og, cg, kh, kw))
+        b = rng.uniform(-1, 1, g * og)
+        # conv2d needs the padded input to hold the dilated kernel (else a ValueError; with the
+        # GPU suite's bounds the first draw is such a case: w = 4, kw = 3, dilation 2, no
+        # padding); as _fits in
+        # test_conv.py, those draws run with padding 2 and no dilation. The transposed
+        # convolution below has no such limit and keeps the drawn values.
+        pc, dc = p, d
+        if h + 2 * p[0] < d[0] * (kh - 1) + 1 or w + 2 * p[1] < d[1] * (kw - 1) + 1:
+            pc, dc = (2, 2), (1, 1)
+        check_conv(backend, version, False, x, wt, b, stride=s, padding=pc, dilation=dc, groups=g)
+        wt_t = rng.uniform(-1, 1, (g * cg, og, kh, kw))
+        b_t = rng.uniform(-1, 1, g * og)
+        op = (int(rng.integers(0, s[0])), int(rng.integers(0, s[1])))
+        pt = (min(p[0], (h - 1) * s[0] // 2), min(p[1], (w - 1) * s[1] // 2))
+        check_conv(
+            backend,
+            version,
+            True,
+            x,
+            wt_t,
+            b_t,
+            stride=s,
+            padding=pt,
+            output_padding=op,
+            dilation=d,
+            groups=g,
+        )

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _conv_checks import product_counts
 from conftest import CPU_BACKENDS
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -56,13 +57,9 @@ def _check(backend, transposed, x, w, b, dtype=np.float64, version=None, **kw):
     y = fn(X, W, B, backend=backend, version=version, **kw)
     assert isinstance(y, Tensor) and y.dtype == dtype and y.shape == ref.shape
     y.backward(go)
-    kh, kwd = w.shape[2:]
-    groups = kw.get("groups", 1)
     # products per element: forward K = Cin/G*KH*KW; grad_input O/G*KH*KW; grad_weight N*OH*OW.
-    t_fwd = (w.shape[0] // groups if transposed else w.shape[1]) * kh * kwd
-    t_gx = (w.shape[1] if transposed else w.shape[0] // groups) * kh * kwd
-    t_gw = x.shape[0] * (x.shape[2] * x.shape[3] if transposed else ref.shape[2] * ref.shape[3])
-    t_gb = ref.shape[0] * ref.shape[2] * ref.shape[3]
+    t_fwd, t_gx, t_gw, t_gb = product_counts(x.shape, w.shape, ref.shape, transposed,
+                                             kw.get("groups", 1))
     for name, ours, theirs, t in [
         ("output", y.data, ref, t_fwd),
         ("grad input", X.grad, grads[0], t_gx),

@@ -5,7 +5,7 @@ ResNet-50-FPN layer at small spatial size with real channel counts. Run by scrip
 import numpy as np
 import pytest
 import torch  # noqa: F401  (the reference must be installed: fail, never skip)
-from _conv_checks import RESNET_FPN, VERSIONS, check_conv, cupy_module
+from _conv_checks import RESNET_FPN, VERSIONS, check_conv, check_drawn_shapes, cupy_module
 
 from minimaskrcnn.ops import conv2d
 
@@ -30,43 +30,7 @@ def test_resnet_fpn_layers(backend, version, cfg):
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
 @pytest.mark.parametrize("version", VERSIONS)
 def test_drawn_shapes(backend, version):
-    rng = np.random.default_rng(1)
-    for _ in range(12):
-        g = int(rng.choice([1, 2, 3]))
-        cg, og = int(rng.integers(1, 9)), int(rng.integers(1, 70))  # og > 64: both tile heights
-        h, w = int(rng.integers(3, 40)), int(rng.integers(3, 40))
-        kh, kw = int(rng.integers(1, 4)), int(rng.integers(1, 4))
-        s = (int(rng.integers(1, 3)), int(rng.integers(1, 3)))
-        d = (int(rng.integers(1, 3)), int(rng.integers(1, 3)))
-        p = (int(rng.integers(0, 3)), int(rng.integers(0, 3)))
-        x = rng.uniform(-1, 1, (2, g * cg, h, w))
-        wt = rng.uniform(-1, 1, (g * og, cg, kh, kw))
-        b = rng.uniform(-1, 1, g * og)
-        # conv2d needs the padded input to hold the dilated kernel (else a ValueError, and the
-        # first draw here is such a case: w = 4, kw = 3, dilation 2, no padding); as _fits in
-        # test_conv.py, those draws run with padding 2 and no dilation. The transposed
-        # convolution below has no such limit and keeps the drawn values.
-        pc, dc = p, d
-        if h + 2 * p[0] < d[0] * (kh - 1) + 1 or w + 2 * p[1] < d[1] * (kw - 1) + 1:
-            pc, dc = (2, 2), (1, 1)
-        check_conv(backend, version, False, x, wt, b, stride=s, padding=pc, dilation=dc, groups=g)
-        wt_t = rng.uniform(-1, 1, (g * cg, og, kh, kw))
-        b_t = rng.uniform(-1, 1, g * og)
-        op = (int(rng.integers(0, s[0])), int(rng.integers(0, s[1])))
-        pt = (min(p[0], (h - 1) * s[0] // 2), min(p[1], (w - 1) * s[1] // 2))
-        check_conv(
-            backend,
-            version,
-            True,
-            x,
-            wt_t,
-            b_t,
-            stride=s,
-            padding=pt,
-            output_padding=op,
-            dilation=d,
-            groups=g,
-        )
+    check_drawn_shapes(backend, version, count=12, max_cg=8, max_hw=39)
 
 
 @pytest.mark.parametrize("backend", GPU_BACKENDS)

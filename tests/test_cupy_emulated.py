@@ -18,7 +18,7 @@ import _fake_cupy
 import numpy as np
 import pytest
 import torch  # noqa: F401  (the reference must be installed: fail, never skip)
-from _conv_checks import RESNET_FPN, VERSIONS, check_conv
+from _conv_checks import RESNET_FPN, VERSIONS, check_conv, check_drawn_shapes
 from _nms_checks import (
     check_batched,
     check_degenerate,
@@ -255,27 +255,7 @@ def test_conv_shared_memory_versions_in_both_thread_orders(version, schedule):
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_conv_drawn_shapes(version):
-    rng = np.random.default_rng(1)
-    for _ in range(6):
-        g = int(rng.choice([1, 2, 3]))
-        cg, og = int(rng.integers(1, 6)), int(rng.integers(1, 70))  # og > 64: both tile heights
-        h, w = int(rng.integers(3, 20)), int(rng.integers(3, 20))
-        kh, kw = int(rng.integers(1, 4)), int(rng.integers(1, 4))
-        s = (int(rng.integers(1, 3)), int(rng.integers(1, 3)))
-        d = (int(rng.integers(1, 3)), int(rng.integers(1, 3)))
-        p = (int(rng.integers(0, 3)), int(rng.integers(0, 3)))
-        x = rng.uniform(-1, 1, (2, g * cg, h, w))
-        wt = rng.uniform(-1, 1, (g * og, cg, kh, kw))
-        pc, dc = p, d  # as in test_conv_gpu.py: too small a padded input gets padding 2
-        if h + 2 * p[0] < d[0] * (kh - 1) + 1 or w + 2 * p[1] < d[1] * (kw - 1) + 1:
-            pc, dc = (2, 2), (1, 1)
-        check_conv("cupy", version, False, x, wt, rng.uniform(-1, 1, g * og), stride=s,
-                   padding=pc, dilation=dc, groups=g)
-        wt_t = rng.uniform(-1, 1, (g * cg, og, kh, kw))
-        op = (int(rng.integers(0, s[0])), int(rng.integers(0, s[1])))
-        pt = (min(p[0], (h - 1) * s[0] // 2), min(p[1], (w - 1) * s[1] // 2))
-        check_conv("cupy", version, True, x, wt_t, rng.uniform(-1, 1, g * og), stride=s,
-                   padding=pt, output_padding=op, dilation=d, groups=g)
+    check_drawn_shapes("cupy", version, count=6, max_cg=5, max_hw=19)
 
 
 def test_conv_float64_is_a_clear_error():
