@@ -137,12 +137,8 @@ class Module:
             src.unlink()
             if proc.returncode:
                 raise RuntimeError(f"cuda_emu: g++ failed:\n{proc.stderr}")
-            self.warnings = proc.stderr
             os.replace(tmp, lib)  # atomic: parallel test workers may build the same module
-        else:
-            self.warnings = ""
         self.lib = ctypes.CDLL(str(lib))
-        self.lib.emu_barriers.restype = ctypes.c_longlong
 
     def get_function(self, name: str) -> Function:
         if name not in self.kernels:
@@ -153,9 +149,6 @@ class Module:
 
     def set_schedule(self, reverse: bool):
         self.lib.emu_set_schedule(int(bool(reverse)))
-
-    def barriers(self) -> int:
-        return int(self.lib.emu_barriers())
 
 
 def _dims(what, value, limits):

@@ -137,10 +137,6 @@ def check_guards(kernel_name="?"):
             )
 
 
-def _wrap(a):
-    return a.view(ndarray) if type(a) is np.ndarray else a
-
-
 def empty(shape, dtype=np.float64, order="C"):
     out = _alloc(shape, dtype)
     out.view(np.uint8)[...] = 0xFF  # NaN for floats, -1 for signed integers
@@ -187,11 +183,11 @@ def asnumpy(a):
 
 
 def argsort(a, axis=-1):
-    return _wrap(np.argsort(a, axis=axis, kind="stable"))  # CuPy's sort is a stable radix sort
+    return _device(np.argsort(a, axis=axis, kind="stable"))  # CuPy's sort is a stable radix sort
 
 
 def matmul(a, b, out=None):
-    return _wrap(np.matmul(a, b, out=out))
+    return _device(np.matmul(a, b, out=out))
 
 
 def _numpy_function(name):
@@ -199,7 +195,7 @@ def _numpy_function(name):
 
     def wrapped(*args, **kwargs):
         r = f(*args, **kwargs)
-        return tuple(_wrap(x) for x in r) if isinstance(r, tuple) else _wrap(r)
+        return tuple(_device(x) for x in r) if isinstance(r, tuple) else _device(r)
 
     wrapped.__name__ = name
     return wrapped
