@@ -63,6 +63,10 @@ def test_gradient_lands_where_computed_by_hand(backend):
     check_hand_gradients(backend, cpu)
 
 
+# The simulator computes with NumPy scalars in one Python thread per GPU thread (so np.errstate,
+# thread-local, does not reach them); they warn on inf * 0 where a GPU stays quiet. The NaNs
+# themselves are what the check compares with torchvision.
+@pytest.mark.filterwarnings("ignore:invalid value encountered in scalar:RuntimeWarning")
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_nonfinite_boxes_as_torchvision(backend):
     check_nonfinite(backend, cpu)
