@@ -33,6 +33,57 @@ COMMANDS = {
 }
 
 
+def add_backend_args(parser, kernels: bool = True) -> None:
+    """``--backend`` / ``--device`` (and ``--kernels``) for the commands that run the model.
+
+    ``train``, ``evaluate`` and ``predict`` take the same three options, so a run trained with
+    ``--backend cupy`` is evaluated and drawn with the same words; ``--device cpu|gpu`` is the
+    same choice named by device, as ``bench`` names it. Read the result with ``backend_from_args``.
+    """
+    g = parser.add_argument_group("where it runs")
+    g.add_argument(
+        "--backend",
+        choices=["numpy", "cupy"],
+        default=None,
+        help="array backend: numpy (CPU, default) or cupy (GPU: the project's CUDA C kernels)",
+    )
+    g.add_argument(
+        "--device",
+        choices=["cpu", "gpu"],
+        default=None,
+        help="the same choice by device: cpu = --backend numpy, gpu = --backend cupy",
+    )
+    if kernels:
+        g.add_argument(
+            "--kernels",
+            default=None,
+            choices=["numpy", "cpu"],
+            help="kernel backend of every op on NumPy arrays (default: each op's own choice)",
+        )
+
+
+def backend_from_args(parser, args) -> str:
+    """The array backend ``add_backend_args``' options ask for; a usage error when they disagree
+    or when ``cupy`` is asked for where CuPy sees no GPU (before any data is read)."""
+    from . import backends
+
+    by_device = {"cpu": "numpy", "gpu": "cupy", None: None}[args.device]
+    if args.backend and by_device and args.backend != by_device:
+        parser.error(
+            f"--backend {args.backend} and --device {args.device} disagree "
+            "(--device gpu means --backend cupy, --device cpu means --backend numpy)"
+        )
+    backend = args.backend or by_device or "numpy"
+    if backend == "cupy" and not backends.cupy_available():
+        parser.error(
+            "--backend cupy (--device gpu) needs CuPy and a CUDA GPU: pip install -e '.[gpu]' "
+            f"on a machine with one; array backends available here: {backends.array_backends()}"
+        )
+    if backend == "cupy" and getattr(args, "kernels", None):
+        parser.error(f"--kernels {args.kernels} chooses CPU kernels; it has no effect with cupy")
+    return backend
+
+
 def usage() -> str:
     lines = [
         "usage: minimaskrcnn COMMAND [options]   (minimaskrcnn COMMAND --help for its options)",

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ._atomic import atomic_write
+from .cli import add_backend_args, backend_from_args
 
 STAT_NAMES = (
     "AP",
@@ -204,18 +205,17 @@ def main(argv=None) -> int:
     )
     p.add_argument("--out", default=None, help="metrics.json path (default: beside the weights)")
     p.add_argument("--max-images", type=int, default=None)
-    p.add_argument("--backend", default="numpy", choices=["numpy", "cupy"], help="array backend")
-    p.add_argument(
-        "--kernels",
-        default=None,
-        choices=["numpy", "cpu"],
-        help="kernel backend of every op on NumPy arrays (default: each op's own choice)",
-    )
+    add_backend_args(p)
     a = p.parse_args(argv)
-    dataset = from_folder(a.data, ann=a.ann)
-    model, config = load_model_weights(
-        a.weights, config=a.config, num_classes=len(dataset.class_names)
-    )
+    a.backend = backend_from_args(p, a)
+    try:
+        dataset = from_folder(a.data, ann=a.ann)
+        model, config = load_model_weights(
+            a.weights, config=a.config, num_classes=len(dataset.class_names)
+        )
+    except (FileNotFoundError, ValueError) as e:  # a path or a file that is not what it says
+        print(f"minimaskrcnn evaluate: {e}", file=sys.stderr)
+        return 2
     if a.backend == "cupy":
         model.to("cupy")
     with backends.use(a.kernels) if a.kernels else contextlib.nullcontext():

@@ -16,6 +16,8 @@ import time
 
 import numpy as np
 
+from .cli import add_backend_args, backend_from_args
+
 HOW_TO_GET_WEIGHTS = """\
 minimaskrcnn predict needs weights (--weights FILE). There are no pretrained weights in this
 project and nothing is downloaded. Two ways to get some:
@@ -100,9 +102,10 @@ def main(argv=None) -> int:
         default=None,
         help="the transform's max_size (default: 1333, or the checkpoint config's)",
     )
-    p.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="gpu: CuPy kernels")
     p.add_argument("--json", default=None, help="also write the detections to this JSON file")
+    add_backend_args(p)
     args = p.parse_args(argv)
+    args.backend = backend_from_args(p, args)
 
     if not args.weights:
         print(HOW_TO_GET_WEIGHTS, file=sys.stderr)
@@ -140,7 +143,7 @@ def main(argv=None) -> int:
         model.transform.min_size = (args.min_size,)
     if args.max_size is not None:
         model.transform.max_size = args.max_size
-    if args.device == "gpu":
+    if args.backend == "cupy":
         model.to("cupy")
     num_classes = model.roi_heads.box_predictor.cls_score.out_features
     if args.classes is None and meta.get("class_names"):

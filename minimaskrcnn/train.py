@@ -59,6 +59,7 @@ import numpy as np
 
 from . import blas
 from ._atomic import atomic_write
+from .cli import add_backend_args, backend_from_args
 
 LOSS_NAMES = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
 
@@ -627,13 +628,6 @@ def main(argv=None) -> int:
     length.add_argument("--iters", type=int, help="number of iterations")
     p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.npz")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--backend", default="numpy", choices=["numpy", "cupy"], help="array backend")
-    p.add_argument(
-        "--kernels",
-        default=None,
-        choices=["numpy", "cpu"],
-        help="kernel backend of every op on NumPy arrays (default: each op's own choice)",
-    )
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument(
         "--workers",
@@ -653,7 +647,9 @@ def main(argv=None) -> int:
     )
     p.add_argument("--eval-max-images", type=int, default=None)
     p.add_argument("--quiet", action="store_true")
+    add_backend_args(p)
     a = p.parse_args(argv)
+    a.backend = backend_from_args(p, a)
     if a.backend == "numpy":
         blas.warn_if_pinned()
     try:

@@ -1,9 +1,11 @@
 """The package itself: import is light (no torch, no GPU), the CLI answers, kernels ship."""
 
+import re
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 import minimaskrcnn
 
@@ -50,8 +52,6 @@ def test_cuda_sources_ship_with_the_package():
 
 
 def test_unknown_backend_is_a_clear_error():
-    import pytest
-
     with pytest.raises(ValueError, match="roi_align: unknown backend 'tpu'"):
         minimaskrcnn.backends.resolve("roi_align", "tpu", np.zeros(1))
     with pytest.raises(ValueError, match="backend 'cupy' needs CuPy"):
@@ -102,3 +102,51 @@ def test_non_editable_install_ships_kernels(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert int(proc.stdout) == len(shipped)
+
+
+# train, evaluate and predict share --backend / --device / --kernels (minimaskrcnn.cli)
+_MODEL_COMMANDS = {
+    "train": ["--data", "nowhere", "--out", "nowhere", "--iters", "1"],
+    "evaluate": ["--weights", "nowhere.npz", "--data", "nowhere"],
+    "predict": ["nowhere.png", "--weights", "nowhere.npz"],
+}
+
+
+def _main_of(command):
+    import importlib
+
+    return importlib.import_module(f"minimaskrcnn.{command}").main
+
+
+@pytest.mark.parametrize("command", sorted(_MODEL_COMMANDS))
+@pytest.mark.parametrize(
+    "flags, cupy_here, match",
+    [
+        (["--backend", "numpy", "--device", "gpu"], True, "numpy and --device gpu disagree"),
+        (["--backend", "cupy", "--device", "cpu"], True, "cupy and --device cpu disagree"),
+        (["--device", "gpu"], False, r"needs CuPy and a CUDA GPU.*available here: \['numpy'\]"),
+        (["--backend", "cupy"], False, r"needs CuPy and a CUDA GPU"),
+        (["--backend", "cupy", "--kernels", "cpu"], True, "--kernels cpu chooses CPU kernels"),
+    ],
+)
+def test_model_commands_check_where_they_run_before_reading_anything(
+    command, flags, cupy_here, match, monkeypatch, capsys
+):
+    # cupy_available is pinned so that the test means the same with and without a GPU; the paths
+    # do not exist, so reaching them would be a different error than the one expected
+    monkeypatch.setattr(minimaskrcnn.backends, "cupy_available", lambda: cupy_here)
+    with pytest.raises(SystemExit) as exc:
+        _main_of(command)(_MODEL_COMMANDS[command] + flags)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"minimaskrcnn {command}: error:" in err and re.search(match, err), err
+
+
+def test_evaluate_names_a_missing_weights_file_without_a_traceback(tmp_path, capsys):
+    from minimaskrcnn.data.shapes import write_dataset
+
+    write_dataset(tmp_path, 0, 1, seed=0, size=32, progress=False)
+    argv = ["--weights", str(tmp_path / "nope.npz"), "--data", str(tmp_path / "val")]
+    rc = _main_of("evaluate")(argv)
+    assert rc == 2
+    assert "nope.npz' does not exist" in capsys.readouterr().err
