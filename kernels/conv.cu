@@ -28,10 +28,16 @@
 //                when K % 4 == 0; shared memory is double-buffered so the global loads of the
 //                next k tile are in flight while the current one is multiplied (one
 //                __syncthreads per k step).
-// Backward: grad_input uses the same ladder (DGRAD = true; version 2 = cuBLAS + col2im gather);
-// grad_weight = sum_n grad_out_n (Og, L) @ cols_n^T (L, K): version 1 is a direct kernel, the
-// others im2col + cuBLAS (see conv_cupy.py). Indices are int: every tensor here has < 2^31
-// elements (checked in conv_cupy.py).
+// Backward: grad_input uses the same ladder (DGRAD; version 2 = cuBLAS + col2im gather).
+// grad_weight = sum over images and positions of grad_out_n (Og, L) @ cols_n^T (L, K): version 1
+// is a direct kernel, version 2 im2col + cuBLAS, and versions 3 and 4 the same implicit GEMM
+// bodies once more (WGRAD), with the roles turned: A is grad_out, B is the gathered input, and
+// the reduction runs over r = (n, l), all images' positions. That reduction is long (2 x 13600
+// for an FPN 3x3 on two 800x1088 images) and the output short (256 x 2304 is 36 tiles of 128 x
+// 128), too few blocks for a GPU; so the reduction is cut into S slices ("split-K"), each block
+// writes its slice's partial sum, and conv_splitk_sum adds the S partials in a fixed order
+// (deterministic: no atomics). Indices are int: every tensor here has < 2^31 elements (checked
+// in conv_cupy.py).
 
 // ---------------------------------------------------------------------------------------------
 // Version 1: direct loops.
@@ -147,21 +153,30 @@ extern "C" __global__ void conv_col2im(const float* __restrict__ cols, float* __
 }
 
 // ---------------------------------------------------------------------------------------------
-// The implicit GEMM shared by versions 3 and 4.
+// The implicit GEMM shared by versions 3 and 4, in three modes.
+// FWD and DGRAD:
 //   out (N, G*Mg, P):  out[n, g*Mg + m, p] = sum_k A[g*Mg + m, k] * B_n,g[k, p]
 //   A (G*Mg, K) row-major: the weight (forward) or the per-group transposed weight (grad_input).
 //   B gathered from src (N, G*Sg, SH, SW): k = (s, kh, kw) with s < Sg, p = (py, px), px < PW.
+// WGRAD (grad_weight; the same names describe the forward convolution whose weight it is):
+//   part (S, G*Mg, K): part[s, g*Mg + m, k] = sum over r in slice s of A[g*Mg + m, r] * B_g[r, k]
+//   A[g*Mg + m, r] = grad_out[n, g*Mg + m, l] with r = n*P + l (read, not gathered),
+//   B_g[r, k] = what output position l of image n sees through tap k (the forward's gather).
+//   Slice s covers r in [s*chunk, min(N*P, (s+1)*chunk)).
+enum Mode { FWD, DGRAD, WGRAD };
+
 struct Geom {
     int G, Mg, K, P, PW, Sg, SH, SW, KH, KW, sh, sw, ph, pw, dh, dw;
+    int N, S, chunk;  // WGRAD only
 };
 
-template <bool DGRAD>
+template <bool DG>  // DG: the grad_input gather (B read from grad_out), else the forward one
 __device__ __forceinline__ float gather(const float* __restrict__ src, const Geom& q, int n, int g,
                                         int k, int py, int px) {
     int s = k / (q.KH * q.KW), r = k - s * q.KH * q.KW;
     int kh = r / q.KW, kw = r - kh * q.KW;
     int iy, ix;
-    if (DGRAD) {  // which grad_out element reaches pixel (py, px) through tap (kh, kw)?
+    if (DG) {  // which grad_out element reaches pixel (py, px) through tap (kh, kw)?
         int ty = py + q.ph - kh * q.dh, tx = px + q.pw - kw * q.dw;
         if (ty < 0 || tx < 0 || ty % q.sh != 0 || tx % q.sw != 0) return 0.f;
         iy = ty / q.sh;
@@ -175,54 +190,112 @@ __device__ __forceinline__ float gather(const float* __restrict__ src, const Geo
     return src[(((long long)n * q.G + g) * q.Sg + s) * q.SH * q.SW + iy * q.SW + ix];
 }
 
-// Version 3: 16x16 tiles in shared memory, one output per thread. Grid (P/16, Mg/16, N*G).
+// WGRAD's A: grad_out[n, g*Mg + m, l] for the reduction index r = n*P + l.
+__device__ __forceinline__ float wgrad_a(const float* __restrict__ grad_out, const Geom& q, int g,
+                                         int m, int r) {
+    int n = r / q.P, l = r - n * q.P;
+    return grad_out[(((long long)n * q.G + g) * q.Mg + m) * q.P + l];
+}
+
+// Where a block works: image n (or, in WGRAD, slice n) and group g; its reduction range
+// [kbeg, kend) and the number of columns of its output matrix.
+struct Work {
+    int n, g, kbeg, kend, ncols;
+};
+
+template <int MODE>
+__device__ __forceinline__ Work block_work(const Geom& q) {
+    Work w;
+    if (MODE == WGRAD) {
+        w.n = blockIdx.z % q.S;
+        w.g = blockIdx.z / q.S;
+        w.kbeg = w.n * q.chunk;
+        w.kend = min(q.N * q.P, w.kbeg + q.chunk);
+        w.ncols = q.K;
+    } else {
+        w.n = blockIdx.z / q.G;
+        w.g = blockIdx.z % q.G;
+        w.kbeg = 0;
+        w.kend = q.K;
+        w.ncols = q.P;
+    }
+    return w;
+}
+
+// Version 3: 16x16 tiles in shared memory, one output per thread.
+// Grid (ncols/16, Mg/16, N*G), or (K/16, Mg/16, G*S) for WGRAD.
 constexpr int TS = 16;
 
-template <bool DGRAD>
+template <int MODE>
 __device__ __forceinline__ void tiled_body(const float* __restrict__ src, const float* __restrict__ A,
                                            float* __restrict__ out, const Geom& q) {
     __shared__ float As[TS][TS + 1];  // +1: no bank conflicts when read down a column
     __shared__ float Bs[TS][TS + 1];
-    int n = blockIdx.z / q.G, g = blockIdx.z % q.G;
+    const Work w = block_work<MODE>(q);
     int tx = threadIdx.x, ty = threadIdx.y;
-    int m = blockIdx.y * TS + ty, p = blockIdx.x * TS + tx;
-    int py = p / q.PW, px = p - (p / q.PW) * q.PW;
+    int m = blockIdx.y * TS + ty, p = blockIdx.x * TS + tx;  // p: a column of the output
+    int py = p / q.PW, px = p - (p / q.PW) * q.PW;            // (FWD, DGRAD: p is a position)
     float acc = 0.f;
-    for (int k0 = 0; k0 < q.K; k0 += TS) {
+    for (int k0 = w.kbeg; k0 < w.kend; k0 += TS) {
         int ka = k0 + tx, kb = k0 + ty;
-        As[ty][tx] = (m < q.Mg && ka < q.K) ? A[(long long)(g * q.Mg + m) * q.K + ka] : 0.f;
-        Bs[ty][tx] = (kb < q.K && p < q.P) ? gather<DGRAD>(src, q, n, g, kb, py, px) : 0.f;
+        if (MODE == WGRAD) {  // kb is a reduction index r = (n, l), p a tap
+            As[ty][tx] = (m < q.Mg && ka < w.kend) ? wgrad_a(A, q, w.g, m, ka) : 0.f;
+            float b = 0.f;
+            if (kb < w.kend && p < w.ncols) {
+                int n = kb / q.P, l = kb - n * q.P, ly = l / q.PW;
+                b = gather<false>(src, q, n, w.g, p, ly, l - ly * q.PW);
+            }
+            Bs[ty][tx] = b;
+        } else {
+            As[ty][tx] =
+                (m < q.Mg && ka < w.kend) ? A[(long long)(w.g * q.Mg + m) * q.K + ka] : 0.f;
+            Bs[ty][tx] = (kb < w.kend && p < w.ncols)
+                             ? gather<MODE == DGRAD>(src, q, w.n, w.g, kb, py, px)
+                             : 0.f;
+        }
         __syncthreads();
 #pragma unroll
         for (int kk = 0; kk < TS; ++kk) acc += As[ty][kk] * Bs[kk][tx];
         __syncthreads();
     }
-    if (m < q.Mg && p < q.P) out[((long long)n * q.G * q.Mg + g * q.Mg + m) * q.P + p] = acc;
+    if (m < q.Mg && p < w.ncols)
+        out[(((long long)w.n * q.G + w.g) * q.Mg + m) * w.ncols + p] = acc;
 }
 
 #define GEOM_PARAMS                                                                                \
     int G, int Mg, int K, int P, int PW, int Sg, int SH, int SW, int KH, int KW, int sh, int sw,   \
         int ph, int pw, int dh, int dw
-#define GEOM_INIT {G, Mg, K, P, PW, Sg, SH, SW, KH, KW, sh, sw, ph, pw, dh, dw}
+#define GEOM_INIT {G, Mg, K, P, PW, Sg, SH, SW, KH, KW, sh, sw, ph, pw, dh, dw, 0, 0, 0}
+#define WGEOM_PARAMS GEOM_PARAMS, int N, int S, int chunk
+#define WGEOM_INIT {G, Mg, K, P, PW, Sg, SH, SW, KH, KW, sh, sw, ph, pw, dh, dw, N, S, chunk}
 
 extern "C" __global__ void conv_fwd_tiled(const float* __restrict__ src, const float* __restrict__ A,
                                           float* __restrict__ out, GEOM_PARAMS) {
     Geom q = GEOM_INIT;
-    tiled_body<false>(src, A, out, q);
+    tiled_body<FWD>(src, A, out, q);
 }
 
 extern "C" __global__ void conv_dgrad_tiled(const float* __restrict__ src,
                                             const float* __restrict__ A, float* __restrict__ out,
                                             GEOM_PARAMS) {
     Geom q = GEOM_INIT;
-    tiled_body<true>(src, A, out, q);
+    tiled_body<DGRAD>(src, A, out, q);
+}
+
+// src = x, A = grad_out, out = part (S, G*Mg, K) (the weight gradient itself when S == 1).
+extern "C" __global__ void conv_wgrad_tiled(const float* __restrict__ src,
+                                            const float* __restrict__ A, float* __restrict__ out,
+                                            WGEOM_PARAMS) {
+    Geom q = WGEOM_INIT;
+    tiled_body<WGRAD>(src, A, out, q);
 }
 
 // Version 4: BM x 128 block tile, BK = 8, 256 threads as 16 x 16, TM x 8 outputs per thread
-// (TM = BM / 16), double-buffered shared memory. Grid (P/128, Mg/BM, N*G).
+// (TM = BM / 16), double-buffered shared memory. Grid (ncols/128, Mg/BM, N*G), or
+// (K/128, Mg/BM, G*S) for WGRAD.
 constexpr int BN = 128, BK = 8, TN = 8, NT = 256;
 
-template <int BM, bool DGRAD>
+template <int BM, int MODE>
 __device__ __forceinline__ void regtiled_body(const float* __restrict__ src,
                                               const float* __restrict__ A, float* __restrict__ out,
                                               const Geom& q) {
@@ -234,28 +307,55 @@ __device__ __forceinline__ void regtiled_body(const float* __restrict__ src,
 
     const int tid = threadIdx.x;
     const int tx = tid % 16, ty = tid / 16;  // tx: positions, ty: output channels
-    const int n = blockIdx.z / q.G, g = blockIdx.z % q.G;
+    const Work w = block_work<MODE>(q);
+    const int n = w.n, g = w.g;
     const int m0 = blockIdx.y * BM, p0 = blockIdx.x * BN;
 
-    // This thread's share of the loads; the positions it gathers stay fixed over the k loop.
+    // This thread's share of the loads; the columns it loads for B stay fixed over the k loop
+    // (FWD, DGRAD: positions, whose (py, px) are computed once; WGRAD: taps).
     const int a_m = tid / (BK / A_PER), a_k = (tid % (BK / A_PER)) * A_PER;
     const int b_k = tid / (BN / B_PER), b_p = (tid % (BN / B_PER)) * B_PER;
     int b_py[B_PER], b_px[B_PER];
 #pragma unroll
     for (int j = 0; j < B_PER; ++j) {
         int p = p0 + b_p + j;
-        b_py[j] = p < q.P ? p / q.PW : -(1 << 20);  // far outside: gather returns 0
-        b_px[j] = p < q.P ? p % q.PW : 0;
+        b_py[j] = p < w.ncols ? p / q.PW : -(1 << 20);  // far outside: gather returns 0
+        b_px[j] = p < w.ncols ? p % q.PW : 0;
     }
     const bool a_row_ok = m0 + a_m < q.Mg;
-    const float* a_row = A + (long long)(g * q.Mg + (a_row_ok ? m0 + a_m : 0)) * q.K;
-    const bool vec = (A_PER == 4) && (q.K % 4 == 0);  // rows 16-byte aligned: float4 loads
+    // A's row m0 + a_m: weight rows are K long; WGRAD's are grad_out rows (image 0), P long
+    const float* a_row =
+        A + (long long)(g * q.Mg + (a_row_ok ? m0 + a_m : 0)) * (MODE == WGRAD ? q.P : q.K);
+    // rows 16-byte aligned: float4 loads (WGRAD's A rows are grad_out's, read one by one)
+    const bool vec = (MODE != WGRAD) && (A_PER == 4) && (q.K % 4 == 0);
 
     float ra[A_PER], rb[B_PER];
     auto load = [&](int k0) {
+        if constexpr (MODE == WGRAD) {  // k0 + ...: reduction indices r = (n, l)
+            int r = k0 + a_k, rn = r / q.P, l = r - rn * q.P;  // A_PER consecutive r: one divide
+#pragma unroll
+            for (int i = 0; i < A_PER; ++i) {
+                ra[i] = (a_row_ok && r + i < w.kend) ? a_row[(long long)rn * q.G * q.Mg * q.P + l]
+                                                     : 0.f;
+                if (++l == q.P) {  // the next r is the next image's first position
+                    l = 0;
+                    ++rn;
+                }
+            }
+            r = k0 + b_k;
+            rn = r / q.P;
+            l = r - rn * q.P;
+            int ly = l / q.PW, lx = l - ly * q.PW;
+#pragma unroll
+            for (int j = 0; j < B_PER; ++j)
+                rb[j] = (r < w.kend && b_py[j] >= 0)
+                            ? gather<false>(src, q, rn, g, p0 + b_p + j, ly, lx)
+                            : 0.f;
+            return;
+        }
         bool done = false;
         if constexpr (A_PER == 4) {
-            if (vec && a_row_ok && k0 + a_k + 3 < q.K) {
+            if (vec && a_row_ok && k0 + a_k + 3 < w.kend) {
                 float4 v = *reinterpret_cast<const float4*>(a_row + k0 + a_k);
                 ra[0] = v.x;
                 ra[1] = v.y;
@@ -267,13 +367,14 @@ __device__ __forceinline__ void regtiled_body(const float* __restrict__ src,
         if (!done) {
 #pragma unroll
             for (int i = 0; i < A_PER; ++i)
-                ra[i] = (a_row_ok && k0 + a_k + i < q.K) ? a_row[k0 + a_k + i] : 0.f;
+                ra[i] = (a_row_ok && k0 + a_k + i < w.kend) ? a_row[k0 + a_k + i] : 0.f;
         }
         int kb = k0 + b_k;
 #pragma unroll
         for (int j = 0; j < B_PER; ++j)
-            rb[j] = (kb < q.K && b_py[j] >= 0) ? gather<DGRAD>(src, q, n, g, kb, b_py[j], b_px[j])
-                                               : 0.f;
+            rb[j] = (kb < w.kend && b_py[j] >= 0)
+                        ? gather<MODE == DGRAD>(src, q, n, g, kb, b_py[j], b_px[j])
+                        : 0.f;
     };
     auto store = [&](int buf) {
 #pragma unroll
@@ -288,12 +389,12 @@ __device__ __forceinline__ void regtiled_body(const float* __restrict__ src,
 #pragma unroll
         for (int j = 0; j < TN; ++j) acc[i][j] = 0.f;
 
-    load(0);
+    load(w.kbeg);
     store(0);
     __syncthreads();
     int buf = 0;
-    for (int k0 = 0; k0 < q.K; k0 += BK) {
-        const bool more = k0 + BK < q.K;
+    for (int k0 = w.kbeg; k0 < w.kend; k0 += BK) {
+        const bool more = k0 + BK < w.kend;
         if (more) load(k0 + BK);  // global loads in flight while we multiply from shared memory
 #pragma unroll
         for (int kk = 0; kk < BK; ++kk) {
@@ -328,11 +429,11 @@ __device__ __forceinline__ void regtiled_body(const float* __restrict__ src,
     for (int i = 0; i < TM; ++i) {
         int m = m0 + ty * TM + i;
         if (m >= q.Mg) continue;
-        float* orow = out + ((long long)n * q.G * q.Mg + g * q.Mg + m) * q.P;
+        float* orow = out + (((long long)n * q.G + g) * q.Mg + m) * w.ncols;
 #pragma unroll
         for (int j = 0; j < TN; ++j) {
             int p = p0 + tx * TN + j;
-            if (p < q.P) orow[p] = acc[i][j];
+            if (p < w.ncols) orow[p] = acc[i][j];
         }
     }
 }
@@ -341,26 +442,53 @@ extern "C" __global__ void __launch_bounds__(256)
     conv_fwd_regtiled128(const float* __restrict__ src, const float* __restrict__ A,
                          float* __restrict__ out, GEOM_PARAMS) {
     Geom q = GEOM_INIT;
-    regtiled_body<128, false>(src, A, out, q);
+    regtiled_body<128, FWD>(src, A, out, q);
 }
 
 extern "C" __global__ void __launch_bounds__(256)
     conv_fwd_regtiled64(const float* __restrict__ src, const float* __restrict__ A,
                         float* __restrict__ out, GEOM_PARAMS) {
     Geom q = GEOM_INIT;
-    regtiled_body<64, false>(src, A, out, q);
+    regtiled_body<64, FWD>(src, A, out, q);
 }
 
 extern "C" __global__ void __launch_bounds__(256)
     conv_dgrad_regtiled128(const float* __restrict__ src, const float* __restrict__ A,
                            float* __restrict__ out, GEOM_PARAMS) {
     Geom q = GEOM_INIT;
-    regtiled_body<128, true>(src, A, out, q);
+    regtiled_body<128, DGRAD>(src, A, out, q);
 }
 
 extern "C" __global__ void __launch_bounds__(256)
     conv_dgrad_regtiled64(const float* __restrict__ src, const float* __restrict__ A,
                           float* __restrict__ out, GEOM_PARAMS) {
     Geom q = GEOM_INIT;
-    regtiled_body<64, true>(src, A, out, q);
+    regtiled_body<64, DGRAD>(src, A, out, q);
+}
+
+// src = x, A = grad_out, out = part (S, G*Mg, K) (the weight gradient itself when S == 1).
+extern "C" __global__ void __launch_bounds__(256)
+    conv_wgrad_regtiled128(const float* __restrict__ src, const float* __restrict__ A,
+                           float* __restrict__ out, WGEOM_PARAMS) {
+    Geom q = WGEOM_INIT;
+    regtiled_body<128, WGRAD>(src, A, out, q);
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+    conv_wgrad_regtiled64(const float* __restrict__ src, const float* __restrict__ A,
+                          float* __restrict__ out, WGEOM_PARAMS) {
+    Geom q = WGEOM_INIT;
+    regtiled_body<64, WGRAD>(src, A, out, q);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Split-K's last step: out[i] = part[0, i] + part[1, i] + ... + part[S-1, i], always in that
+// order, so a gradient does not change from run to run.
+extern "C" __global__ void conv_splitk_sum(const float* __restrict__ part, float* __restrict__ out,
+                                           int S, int total) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= total) return;
+    float acc = 0.f;
+    for (int s = 0; s < S; ++s) acc += part[(long long)s * total + i];
+    out[i] = acc;
 }

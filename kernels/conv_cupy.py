@@ -9,8 +9,9 @@ Shapes:
     K = Cg * KH * KW, L = OH * OW.
 
 What this file adds to the kernels: launch geometry, the per-group transposed weight that the
-grad_input GEMM reads (A = weight^T, built once per call with a CuPy copy), and the version-2
-and grad_weight GEMMs, which are cuBLAS (``cupy.matmul``), not ours: labelled as such.
+grad_input GEMM reads (A = weight^T, built once per call with a CuPy copy), the split of the
+grad_weight reduction into slices (``wgrad_slices``), and version 2's GEMMs, which are cuBLAS
+(``cupy.matmul``), not ours: labelled as such.
 """
 
 from __future__ import annotations
@@ -26,7 +27,13 @@ VERSIONS = {"naive": 1, "im2col": 2, "tiled": 3, "regtiled": 4}
 DEFAULT = "regtiled"
 SOURCE = "conv.cu"
 THREADS = 256
-TS, BN = 16, 128  # tile sizes compiled into conv.cu (versions 3 and 4)
+TS, BN, BK = 16, 128, 8  # tile sizes compiled into conv.cu (versions 3 and 4)
+# grad_weight's split-K: aim for this many blocks (two waves of an H100's 132 SMs; a smaller GPU
+# runs more waves), but give each block at least this many reduction steps, so that the extra
+# pass over the partial sums stays small next to the products. Constants, not the device's SM
+# count: the same shapes then sum in the same order, and give the same bits, on every GPU.
+SPLITK_BLOCKS = 256
+SPLITK_MIN_STEPS = 32
 
 
 def _number(version) -> int:
@@ -163,8 +170,23 @@ def grad_input(grad_out, weight, input_shape, stride, padding, dilation, groups,
     return gx
 
 
+def wgrad_slices(version, og, k, groups, r):
+    """``(S, chunk)``: grad_weight's reduction over ``r = N*L`` values cut into S slices of
+    ``chunk`` values (a multiple of the kernel's k step; the last slice may be shorter, none is
+    empty) for versions 3 and 4, whose output (G*Og, K) alone makes too few blocks."""
+    if version == 3:
+        rows, cols, step = TS, TS, TS
+    else:
+        rows, cols, step = (64 if og <= 64 else 128), BN, BK
+    tiles = math.ceil(og / rows) * math.ceil(k / cols) * groups
+    s = max(1, min(math.ceil(SPLITK_BLOCKS / tiles), r // (step * SPLITK_MIN_STEPS)))
+    chunk = math.ceil(math.ceil(r / s) / step) * step
+    return math.ceil(r / chunk), chunk
+
+
 def grad_weight(grad_out, x, weight_shape, stride, padding, dilation, groups, version=None):
-    """See conv_numpy.grad_weight. Version 1: a direct kernel; 2-4: im2col + cuBLAS (not ours)."""
+    """See conv_numpy.grad_weight. Version 1: a direct kernel; 2: im2col + cuBLAS (not ours);
+    3 and 4: the implicit GEMM (WGRAD in conv.cu), split along the reduction (split-K)."""
     import cupy
 
     _check("conv2d backward", grad_out, x)
@@ -182,12 +204,31 @@ def grad_weight(grad_out, x, weight_shape, stride, padding, dilation, groups, ve
         )
         return gw
     og, k, l_all = o // groups, cg * kh * kw, oh * ow
+    if v in (3, 4):
+        r = n * l_all
+        if r == 0:  # no images: nothing to sum
+            return cupy.zeros(tuple(weight_shape), dtype=grad_out.dtype)
+        s, chunk = wgrad_slices(v, og, k, groups, r)
+        gw = cupy.empty((o, k), dtype=grad_out.dtype)
+        part = gw if s == 1 else cupy.empty((s, o, k), dtype=grad_out.dtype)  # (S, O, K)
+        geom = (groups, og, k, l_all, ow, cg, h, w, kh, kw, *sp, n, s, chunk)
+        args = (x, grad_out, part, *_i32(*geom))
+        if v == 3:
+            grid = (math.ceil(k / TS), math.ceil(og / TS), groups * s)
+            _k("conv_wgrad_tiled")(grid, (TS, TS), args)
+        else:
+            bm = 64 if og <= 64 else 128
+            grid = (math.ceil(k / BN), math.ceil(og / bm), groups * s)
+            _k(f"conv_wgrad_regtiled{bm}")(grid, (THREADS,), args)
+        if s > 1:
+            _launch1("conv_splitk_sum", o * k, (part, gw, *_i32(s, o * k)))
+        return gw.reshape(tuple(weight_shape))
     gw = cupy.zeros((o, k), dtype=grad_out.dtype)
     cols = cupy.empty((c * kh * kw, l_all), dtype=x.dtype)
     for b in range(n):
         _launch1("conv_im2col", cols.size, (x[b], cols, *_i32(c, h, w, kh, kw, oh, ow, *sp)))
         gb = grad_out[b].reshape(o, l_all)
-        for g in range(groups):  # (Og, L) @ (L, K), summed over images
+        for g in range(groups):  # cuBLAS GEMM (not ours): (Og, L) @ (L, K), summed over images
             gw[g * og : (g + 1) * og] += cupy.matmul(
                 gb[g * og : (g + 1) * og], cols[g * k : (g + 1) * k].T
             )

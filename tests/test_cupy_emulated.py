@@ -258,6 +258,43 @@ def test_conv_drawn_shapes(version):
     check_drawn_shapes("cupy", version, count=6, max_cg=5, max_hw=19)
 
 
+@pytest.mark.parametrize("version", [3, 4])
+@pytest.mark.parametrize(
+    "og, k, groups, r",
+    [(8, 36, 1, 126), (256, 2304, 1, 27200), (64, 576, 1, 10**6), (2048, 512, 1, 50),
+     (32, 4, 32, 900), (1, 1, 1, 1)],
+)
+def test_wgrad_slices_cover_the_reduction_once(version, og, k, groups, r):
+    from minimaskrcnn.kernels import conv_cupy
+
+    s, chunk = conv_cupy.wgrad_slices(version, og, k, groups, r)
+    step = conv_cupy.TS if version == 3 else conv_cupy.BK
+    assert s >= 1 and chunk % step == 0
+    assert (s - 1) * chunk < r <= s * chunk  # every slice non-empty, all of r covered
+    rows = conv_cupy.TS if version == 3 else (64 if og <= 64 else 128)
+    tiles = -(-og // rows) * -(-k // (conv_cupy.TS if version == 3 else conv_cupy.BN)) * groups
+    assert s == 1 or tiles * (s - 1) < conv_cupy.SPLITK_BLOCKS  # no more slices than needed
+
+
+@pytest.mark.parametrize("version", ["tiled", "regtiled"])
+def test_conv_grad_weight_split_along_the_reduction(version, monkeypatch, schedule):
+    # One k step per slice at least (instead of 32): 2 images x 9 x 7 positions = 126 reduction
+    # values in 8 (regtiled: 16 each) or 4 (tiled: 32 each) slices, the last one partial and
+    # slices crossing from one image into the next; conv_splitk_sum adds them.
+    from minimaskrcnn.kernels import conv_cupy
+
+    monkeypatch.setattr(conv_cupy, "SPLITK_MIN_STEPS", 1)
+    s, chunk = conv_cupy.wgrad_slices(conv_cupy.VERSIONS[version], 20, 36, 1, 126)
+    assert s > 2 and 126 % chunk and 63 % chunk
+    rng = np.random.default_rng(11)
+    x = rng.uniform(-1, 1, (2, 4, 9, 7))
+    w = rng.uniform(-1, 1, (20, 4, 3, 3))
+    check_conv("cupy", version, False, x, w, rng.uniform(-1, 1, 20), stride=1, padding=1)
+    x = rng.uniform(-1, 1, (2, 6, 9, 7))  # groups: slices x groups blocks along z
+    w = rng.uniform(-1, 1, (4, 3, 3, 3))
+    check_conv("cupy", version, False, x, w, rng.uniform(-1, 1, 4), padding=1, groups=2)
+
+
 def test_conv_float64_is_a_clear_error():
     with pytest.raises(TypeError, match="conv2d: the 'cupy' kernels .* float32 only"):
         ops.conv2d(_fake_cupy.zeros((1, 2, 5, 5)), _fake_cupy.zeros((3, 2, 3, 3)), backend="cupy")

@@ -46,6 +46,7 @@ from minimaskrcnn.bench import _timing  # noqa: E402, I001
 from minimaskrcnn.kernels import conv_cpu, conv_numpy  # noqa: E402, I001
 
 OUT = Path(os.environ.get("MINIMASKRCNN_OUT", "."))
+OUT.mkdir(parents=True, exist_ok=True)  # figures go here
 QUICK = os.environ.get("MINIMASKRCNN_QUICK", "0") == "1"
 rng = np.random.default_rng(0)
 
@@ -170,6 +171,15 @@ for backend in ["numpy", "cpu"]:
 #    256 threads) in registers: per step it reads 8 + 8 values from shared memory for 64
 #    multiply-adds. Weights come in as float4, and the shared tiles are double-buffered so the
 #    next tile's loads overlap the current tile's arithmetic.
+#
+# The backward pass is two more products of the same kind. grad_input is a transposed
+# convolution: the same kernels with the gather read the other way. grad_weight is
+# `grad_out (Og, L) @ cols^T (L, K)` summed over the batch, a GEMM whose reduction runs over
+# every output position of every image (27,200 for an FPN 3x3 on two 800x1088 images) while its
+# output is small (256 x 2304 is 36 tiles): too few blocks to fill a GPU. The CUDA C versions 3
+# and 4 therefore cut the reduction into slices, one block per (tile, slice), and add the
+# slices' partial sums in a fixed order afterwards ("split-K"; `wgrad_slices` in
+# `kernels/conv_cupy.py` chooses how many).
 #
 # With no GPU, Numba runs these kernels in its simulator (one Python thread per CUDA thread —
 # slow, so tiny inputs), which checks indexing, shared memory and barriers, not speed.

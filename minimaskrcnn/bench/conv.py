@@ -158,7 +158,8 @@ def _bench_gpu(layers, batches, args):
     note = (
         f"reference: torch {torch.__version__} cuDNN {torch.backends.cudnn.version()}; ratios "
         "are against cuDNN with TF32 OFF (fp32); the TF32-on row is shown for comparison. "
-        "grad_weight of cupy versions 2-4 is im2col + cuBLAS; naive versions are skipped on "
+        "grad_weight of cupy version 2 is im2col + cuBLAS, of versions 3-4 our implicit GEMM "
+        "split along the reduction (split-K); naive versions are skipped on "
         f"layers above {args.naive_max_gflop} GFLOP."
     )
     return rows, note
