@@ -32,6 +32,7 @@ import minimaskrcnn as mm  # noqa: E402
 from minimaskrcnn import Function, Tensor, nn, ops, optim  # noqa: E402
 
 OUT = Path(os.environ.get("MINIMASKRCNN_OUT", "."))
+OUT.mkdir(parents=True, exist_ok=True)  # figures go here
 QUICK = os.environ.get("MINIMASKRCNN_QUICK", "0") == "1"
 
 # %% [markdown]
