@@ -150,3 +150,10 @@ def test_evaluate_names_a_missing_weights_file_without_a_traceback(tmp_path, cap
     rc = _main_of("evaluate")(argv)
     assert rc == 2
     assert "nope.npz' does not exist" in capsys.readouterr().err
+
+
+def test_gpu_suite_refuses_an_unknown_part_before_running_anything(tmp_path):
+    proc = subprocess.run(["bash", "scripts/gpu_suite.sh", str(tmp_path / "out"), "tests", "conf"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "unknown part 'conf'" in proc.stderr
+    assert not (tmp_path / "out").exists()
