@@ -3,6 +3,7 @@
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -153,7 +154,8 @@ def test_evaluate_names_a_missing_weights_file_without_a_traceback(tmp_path, cap
 
 
 def test_gpu_suite_refuses_an_unknown_part_before_running_anything(tmp_path):
-    proc = subprocess.run(["bash", "scripts/gpu_suite.sh", str(tmp_path / "out"), "tests", "conf"],
+    script = str(Path(__file__).resolve().parents[1] / "scripts" / "gpu_suite.sh")
+    proc = subprocess.run(["bash", script, str(tmp_path / "out"), "tests", "conf"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "unknown part 'conf'" in proc.stderr
     assert not (tmp_path / "out").exists()
