@@ -300,13 +300,13 @@ __device__ __forceinline__ void regtiled_body(const float* __restrict__ src,
                                               const float* __restrict__ A, float* __restrict__ out,
                                               const Geom& q) {
     constexpr int TM = BM / 16;
-    constexpr int A_PER = BM * BK / NT;  // weights each thread loads per k step (4 or 2)
-    constexpr int B_PER = BK * BN / NT;  // gathered inputs each thread loads per k step (4)
+    constexpr int A_PER = BM * BK / NT;  // A values each thread loads per k step (4 or 2)
+    constexpr int B_PER = BK * BN / NT;  // gathered values each thread loads per k step (4)
     __shared__ __align__(16) float As[2][BK][BM];  // A transposed: a thread's TM rows adjacent
     __shared__ __align__(16) float Bs[2][BK][BN];
 
     const int tid = threadIdx.x;
-    const int tx = tid % 16, ty = tid / 16;  // tx: positions, ty: output channels
+    const int tx = tid % 16, ty = tid / 16;  // tx: output columns, ty: output rows
     const Work w = block_work<MODE>(q);
     const int n = w.n, g = w.g;
     const int m0 = blockIdx.y * BM, p0 = blockIdx.x * BN;
@@ -326,8 +326,7 @@ __device__ __forceinline__ void regtiled_body(const float* __restrict__ src,
     // A's row m0 + a_m: weight rows are K long; WGRAD's are grad_out rows (image 0), P long
     const float* a_row =
         A + (long long)(g * q.Mg + (a_row_ok ? m0 + a_m : 0)) * (MODE == WGRAD ? q.P : q.K);
-    // rows 16-byte aligned: float4 loads (WGRAD's A rows are grad_out's, read one by one)
-    const bool vec = (MODE != WGRAD) && (A_PER == 4) && (q.K % 4 == 0);
+    const bool vec = (A_PER == 4) && (q.K % 4 == 0);  // FWD, DGRAD rows 16-byte aligned: float4
 
     float ra[A_PER], rb[B_PER];
     auto load = [&](int k0) {
@@ -351,30 +350,30 @@ __device__ __forceinline__ void regtiled_body(const float* __restrict__ src,
                 rb[j] = (r < w.kend && b_py[j] >= 0)
                             ? gather<false>(src, q, rn, g, p0 + b_p + j, ly, lx)
                             : 0.f;
-            return;
-        }
-        bool done = false;
-        if constexpr (A_PER == 4) {
-            if (vec && a_row_ok && k0 + a_k + 3 < w.kend) {
-                float4 v = *reinterpret_cast<const float4*>(a_row + k0 + a_k);
-                ra[0] = v.x;
-                ra[1] = v.y;
-                ra[2] = v.z;
-                ra[3] = v.w;
-                done = true;
+        } else {
+            bool done = false;
+            if constexpr (A_PER == 4) {
+                if (vec && a_row_ok && k0 + a_k + 3 < w.kend) {
+                    float4 v = *reinterpret_cast<const float4*>(a_row + k0 + a_k);
+                    ra[0] = v.x;
+                    ra[1] = v.y;
+                    ra[2] = v.z;
+                    ra[3] = v.w;
+                    done = true;
+                }
             }
-        }
-        if (!done) {
+            if (!done) {
 #pragma unroll
-            for (int i = 0; i < A_PER; ++i)
-                ra[i] = (a_row_ok && k0 + a_k + i < w.kend) ? a_row[k0 + a_k + i] : 0.f;
-        }
-        int kb = k0 + b_k;
+                for (int i = 0; i < A_PER; ++i)
+                    ra[i] = (a_row_ok && k0 + a_k + i < w.kend) ? a_row[k0 + a_k + i] : 0.f;
+            }
+            int kb = k0 + b_k;
 #pragma unroll
-        for (int j = 0; j < B_PER; ++j)
-            rb[j] = (kb < w.kend && b_py[j] >= 0)
-                        ? gather<MODE == DGRAD>(src, q, n, g, kb, b_py[j], b_px[j])
-                        : 0.f;
+            for (int j = 0; j < B_PER; ++j)
+                rb[j] = (kb < w.kend && b_py[j] >= 0)
+                            ? gather<MODE == DGRAD>(src, q, n, g, kb, b_py[j], b_px[j])
+                            : 0.f;
+        }
     };
     auto store = [&](int buf) {
 #pragma unroll
