@@ -30,3 +30,10 @@ def atomic_write(path, mode: str = "wb"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def savefig_atomic(fig, path, **kwargs) -> None:
+    """``fig.savefig(path, **kwargs)`` through ``atomic_write``; the format from the suffix."""
+    fmt = Path(path).suffix.lstrip(".").lower() or "png"
+    with atomic_write(path) as f:
+        fig.savefig(f, format=fmt, **kwargs)

@@ -54,6 +54,7 @@ from pathlib import Path
 import numpy as np
 
 from . import backends, ops
+from ._atomic import atomic_write
 from .configs import build as build_config
 from .models.poolers import (
     MultiScaleRoIAlign,
@@ -348,18 +349,6 @@ def format_tables(rows: list, meta: dict) -> str:
     return "\n".join(lines)
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    import os
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _save(out: Path, rows: list, meta: dict) -> None:
     from .evaluate import write_json_atomic
 
@@ -368,7 +357,8 @@ def _save(out: Path, rows: list, meta: dict) -> None:
                                              "paper": {"table_2c_mask": PAPER_2C_MASK,
                                                        "table_2d": PAPER_2D,
                                                        "source": PAPER_SOURCE}})
-    _write_text_atomic(out / "results.md", format_tables(rows, meta))
+    with atomic_write(out / "results.md", "w") as f:
+        f.write(format_tables(rows, meta))
 
 
 def run(data, out, val=None, ops_list=("roipool", "roiwarp", "roialign"), features=("c5",),

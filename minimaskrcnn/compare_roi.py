@@ -38,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._atomic import savefig_atomic
+
 STRIDES = (4, 8, 16, 32)
 IMAGE = 512  # image side in pixels; the feature map at stride s is (IMAGE / s) ** 2
 OUT = 7  # output bins per side (the box head's)
@@ -333,7 +335,7 @@ def _figures(rows, shifts_all, out_dir, strides):
     axes[0, 0].set_ylabel("output / feature std")
     axes[0, 0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out_dir / "compare_roi_shift.png", dpi=80)
+    savefig_atomic(fig, out_dir / "compare_roi_shift.png", dpi=80)
     plt.close(fig)
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -349,7 +351,7 @@ def _figures(rows, shifts_all, out_dir, strides):
         ax.set(xticks=strides, xticklabels=[str(s) for s in strides], xlabel="feature stride")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out_dir / "compare_roi_error.png", dpi=80)
+    savefig_atomic(fig, out_dir / "compare_roi_error.png", dpi=80)
     plt.close(fig)
 
 

@@ -169,20 +169,20 @@ def main(argv=None) -> int:
             f"[{x1:.1f}, {y1:.1f}, {x2:.1f}, {y2:.1f}]"
         )
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(
-                [
-                    {
-                        "box": result["boxes"][i].tolist(),
-                        "label": int(result["labels"][i]),
-                        "name": label_name(result["labels"][i], names),
-                        "score": float(result["scores"][i]),
-                    }
-                    for i in range(len(result["scores"]))
-                ],
-                f,
-                indent=1,
-            )
+        from .evaluate import write_json_atomic
+
+        write_json_atomic(
+            args.json,
+            [
+                {
+                    "box": result["boxes"][i].tolist(),
+                    "label": int(result["labels"][i]),
+                    "name": label_name(result["labels"][i], names),
+                    "score": float(result["scores"][i]),
+                }
+                for i in range(len(result["scores"]))
+            ],
+        )
     return 0
 
 

@@ -58,7 +58,7 @@ from pathlib import Path
 import numpy as np
 
 from . import blas
-from ._atomic import atomic_write
+from ._atomic import savefig_atomic
 from .cli import add_backend_args, backend_from_args
 
 LOSS_NAMES = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
@@ -176,8 +176,7 @@ def plot_loss_curve(log_path, png_path, smooth: int = 20) -> None:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    with atomic_write(png_path) as f:
-        fig.savefig(f, format="png", dpi=110)
+    savefig_atomic(fig, png_path, dpi=110)
 
 
 def make_optimizer(params, lr: float, momentum: float, weight_decay: float):

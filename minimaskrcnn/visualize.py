@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import backends
+from ._atomic import savefig_atomic
 
 # torchvision's COCO category names for its 91-way models (index = label; "N/A" = ids COCO skips)
 COCO_CATEGORIES = [
@@ -199,6 +200,6 @@ def save_detections(
     n = draw_detections(
         ax, img, result, class_names=class_names, score_thresh=score_thresh, title=title
     )
-    fig.savefig(path, dpi=dpi)
+    savefig_atomic(fig, path, dpi=dpi)
     plt.close(fig)
     return n

@@ -7,6 +7,7 @@ holds a 3-instance and a 7-instance, image 2 another 3-instance and a crowd regi
 """
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -187,3 +188,32 @@ def test_write_json_atomic(tmp_path):
     with pytest.raises(TypeError):
         write_json_atomic(path, {"a": object()})
     assert json.loads(path.read_text()) == {"a": 2} and len(list(path.parent.iterdir())) == 1
+
+
+def test_savefig_atomic_keeps_the_old_figure_when_writing_fails(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from minimaskrcnn._atomic import savefig_atomic
+
+    path = tmp_path / "figure.png"
+    fig = plt.figure(figsize=(1, 1))
+    savefig_atomic(fig, path, dpi=20)
+    first = path.read_bytes()
+    assert first.startswith(b"\x89PNG")
+
+    def half_then_fail(self, target, *args, **kwargs):  # as a full disk or Ctrl-C would
+        if hasattr(target, "write"):
+            target.write(b"\x89PNG half")
+        else:
+            Path(target).write_bytes(b"\x89PNG half")
+        raise OSError("no space left on device")
+
+    monkeypatch.setattr(FigureCanvasAgg, "print_png", half_then_fail)
+    with pytest.raises(OSError, match="no space"):
+        savefig_atomic(fig, path, dpi=20)
+    plt.close(fig)
+    assert path.read_bytes() == first and [p.name for p in tmp_path.iterdir()] == ["figure.png"]

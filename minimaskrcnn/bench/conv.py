@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import blas
+from .._atomic import atomic_write
 from . import _timing
 
 # (name, C, O, k, stride, H, W of the layer's input at an 800x1088 image, times used in the net)
@@ -293,9 +294,9 @@ def main(argv=None) -> int:
         "```",
         "",
     ]
-    with open(args.out + ".md", "w") as f:
+    with atomic_write(args.out + ".md", "w") as f:
         f.write("\n".join(md))
-    with open(args.out + ".json", "w") as f:
+    with atomic_write(args.out + ".json", "w") as f:
         json.dump({"title": title, "machine": machine, "note": note, "rows": rows}, f, indent=1)
     print(f"\n{machine}\n{note}\nwrote {args.out}.md and {args.out}.json")
     return 0

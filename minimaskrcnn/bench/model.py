@@ -22,6 +22,7 @@ import time
 import numpy as np
 
 from .. import blas
+from .._atomic import atomic_write
 from ._timing import format_table, machine_description, time_call
 
 
@@ -207,6 +208,6 @@ def main(argv=None) -> int:
         print(format_table(stage_rows))
         result["stages"] = stage_rows
     if args.out:
-        with open(args.out, "w") as f:
+        with atomic_write(args.out, "w") as f:
             json.dump(result, f, indent=1)
     return 0
