@@ -312,9 +312,15 @@ __device__ __forceinline__ void regtiled_body(const float* __restrict__ src,
     const int m0 = blockIdx.y * BM, p0 = blockIdx.x * BN;
 
     // This thread's share of the loads; the columns it loads for B stay fixed over the k loop
-    // (FWD, DGRAD: positions, whose (py, px) are computed once; WGRAD: taps).
+    // (FWD, DGRAD: positions, whose (py, px) are computed once; WGRAD: taps). FWD and DGRAD give
+    // a warp's lanes consecutive positions of one tap (coalesced reads). WGRAD's columns are
+    // taps, which lie in different channel planes, so there the lanes take consecutive reduction
+    // indices r (= neighbouring pixels) first: 8 lanes read 8 neighbouring pixels of one tap,
+    // instead of 32 lanes reading 128 taps spread over ~14 channel planes. (Reasoned from the
+    // access pattern, not yet measured: no GPU so far.)
     const int a_m = tid / (BK / A_PER), a_k = (tid % (BK / A_PER)) * A_PER;
-    const int b_k = tid / (BN / B_PER), b_p = (tid % (BN / B_PER)) * B_PER;
+    const int b_k = MODE == WGRAD ? tid % BK : tid / (BN / B_PER);
+    const int b_p = (MODE == WGRAD ? tid / BK : tid % (BN / B_PER)) * B_PER;
     int b_py[B_PER], b_px[B_PER];
 #pragma unroll
     for (int j = 0; j < B_PER; ++j) {
