@@ -87,5 +87,5 @@ def test_bench_conv_gpu_layer_rows(monkeypatch):
         "cuDNN TF32 off", "cuDNN TF32 on", "cupy 1 naive", "cupy 2 im2col (+cuBLAS)",
         "cupy 3 tiled", "cupy 4 regtiled", "numba 1 naive",
     ]
-    _filled(rows, bench_conv.COLUMNS)
+    _filled(rows, bench_conv.GPU_COLUMNS + ["dgrad_ms", "wgrad_ms"])
     assert torch.backends.cudnn.allow_tf32 is False  # left off for whatever runs next

@@ -137,15 +137,25 @@ def _cpu_layer(layer, batch, args, threads):
     return rows
 
 
-def _time_ours(timer, rep, mod, x, wt, g, st, pd, dl, kw):
-    """Median forward and backward (grad input + grad weight) times of one kernel module."""
+def _time_ours(timer, rep, mod, x, wt, g, st, pd, dl, kw, split=False):
+    """Median forward and backward (grad input + grad weight) times of one kernel module; with
+    ``split``, also grad input and grad weight each alone."""
 
-    def bwd():
+    def dgrad():
         mod.grad_input(g, wt, x.shape, st, pd, dl, 1, **kw)
+
+    def wgrad():
         mod.grad_weight(g, x, wt.shape, st, pd, dl, 1, **kw)
 
+    def bwd():
+        dgrad()
+        wgrad()
+
     tf = timer(lambda: mod.forward(x, wt, None, st, pd, dl, 1, **kw), **rep).median_s
-    return tf, timer(bwd, **rep).median_s
+    times = (tf, timer(bwd, **rep).median_s)
+    if split:
+        times += (timer(dgrad, **rep).median_s, timer(wgrad, **rep).median_s)
+    return times
 
 
 # ----------------------------------------------------------------------------- GPU
@@ -154,7 +164,7 @@ def _bench_gpu(layers, batches, args):
     for batch in batches:
         for layer in layers:
             new = _gpu_layer(layer, batch, args)
-            print(_timing.format_table(new, COLUMNS), flush=True)
+            print(_timing.format_table(new, GPU_COLUMNS), flush=True)
             rows += new
     note = (
         f"reference: torch {torch.__version__} cuDNN {torch.backends.cudnn.version()}; ratios "
@@ -183,9 +193,9 @@ def _gpu_layer(layer, batch, args):
     rep = dict(warmup=2, repeat=args.repeat)
     base = dict(layer=layer[0], N=n, C=c, O=o, k=k, s=s, H=h, W=w, GFLOP=gflop, uses=layer[7])
 
-    def torch_bwd():
+    def torch_bwd(mask=(True, True, False)):  # which of grad input, weight, bias to compute
         torch.ops.aten.convolution_backward(
-            tg, tx, tw, None, [s, s], [p, p], [1, 1], False, [0, 0], 1, [True, True, False]
+            tg, tx, tw, None, [s, s], [p, p], [1, 1], False, [0, 0], 1, list(mask)
         )
 
     rows, refs = [], {}
@@ -194,7 +204,9 @@ def _gpu_layer(layer, batch, args):
         torch.backends.cuda.matmul.allow_tf32 = tf32
         tfw = _timing.time_gpu(lambda: F.conv2d(tx, tw, None, s, p), **rep).median_s
         tbw = _timing.time_gpu(torch_bwd, **rep).median_s
-        refs[tf32] = (tfw, tbw)
+        tdg = _timing.time_gpu(lambda: torch_bwd((True, False, False)), **rep).median_s
+        twg = _timing.time_gpu(lambda: torch_bwd((False, True, False)), **rep).median_s
+        refs[tf32] = (tfw, tbw, tdg, twg)
         rows.append(
             dict(
                 base,
@@ -203,19 +215,21 @@ def _gpu_layer(layer, batch, args):
                 fwd_gflops=gflop / tfw,
                 bwd_ms=tbw * 1e3,
                 bwd_gflops=2 * gflop / tbw,
+                dgrad_ms=tdg * 1e3,
+                wgrad_ms=twg * 1e3,
             )
         )
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
     for r in rows:
-        r["fwd_ratio"] = r["fwd_ms"] / 1e3 / refs[False][0]
-        r["bwd_ratio"] = r["bwd_ms"] / 1e3 / refs[False][1]
+        for i, key in enumerate(("fwd", "bwd", "dgrad", "wgrad")):
+            r[f"{key}_ratio"] = r[f"{key}_ms"] / 1e3 / refs[False][i]
     for backend, mod in (("cupy", conv_cupy), ("numba", conv_numba_cuda)):
         for vname, number in mod.VERSIONS.items():
             if vname == "naive" and gflop > args.naive_max_gflop:
                 continue  # minutes per call on the biggest layers (said in the note)
-            tfw, tbw = _time_ours(
-                _timing.time_gpu, rep, mod, x, wt, g, st, pd, dl, {"version": vname}
+            tfw, tbw, tdg, twg = _time_ours(
+                _timing.time_gpu, rep, mod, x, wt, g, st, pd, dl, {"version": vname}, split=True
             )
             label = f"{backend} {number} {vname}" + (
                 " (+cuBLAS)" if backend == "cupy" and vname == "im2col" else ""
@@ -230,6 +244,10 @@ def _gpu_layer(layer, batch, args):
                     bwd_ms=tbw * 1e3,
                     bwd_gflops=2 * gflop / tbw,
                     bwd_ratio=tbw / refs[False][1],
+                    dgrad_ms=tdg * 1e3,
+                    dgrad_ratio=tdg / refs[False][2],
+                    wgrad_ms=twg * 1e3,
+                    wgrad_ratio=twg / refs[False][3],
                 )
             )
     return rows
@@ -246,6 +264,9 @@ COLUMNS = [
     "bwd_gflops",
     "bwd_ratio",
 ]
+# On a GPU the backward's two products are also timed alone: they are different kernels there
+# (grad weight: split-K), and cuDNN picks a different algorithm for each.
+GPU_COLUMNS = COLUMNS + ["dgrad_ratio", "wgrad_ratio"]
 
 
 def main(argv=None) -> int:
@@ -286,11 +307,12 @@ def main(argv=None) -> int:
         "",
         note,
         "",
-        "fwd: conv2d; bwd: grad input + grad weight; ratio = time / reference time "
+        "fwd: conv2d; bwd: grad input + grad weight (on a GPU also each alone: dgrad, wgrad); "
+        "ratio = time / reference time "
         "(< 1 is faster); GFLOP/s counts direct-convolution flops.",
         "",
         "```",
-        _timing.format_table(rows, COLUMNS),
+        _timing.format_table(rows, GPU_COLUMNS if args.device == "gpu" else COLUMNS),
         "```",
         "",
     ]
