@@ -33,8 +33,8 @@ COMMANDS = {
 }
 
 
-def add_backend_args(parser, kernels: bool = True) -> None:
-    """``--backend`` / ``--device`` (and ``--kernels``) for the commands that run the model.
+def add_backend_args(parser) -> None:
+    """``--backend`` / ``--device`` / ``--kernels`` for the commands that run the model.
 
     ``train``, ``evaluate`` and ``predict`` take the same three options, so a run trained with
     ``--backend cupy`` is evaluated and drawn with the same words; ``--device cpu|gpu`` is the
@@ -53,13 +53,12 @@ def add_backend_args(parser, kernels: bool = True) -> None:
         default=None,
         help="the same choice by device: cpu = --backend numpy, gpu = --backend cupy",
     )
-    if kernels:
-        g.add_argument(
-            "--kernels",
-            default=None,
-            choices=["numpy", "cpu"],
-            help="kernel backend of every op on NumPy arrays (default: each op's own choice)",
-        )
+    g.add_argument(
+        "--kernels",
+        default=None,
+        choices=["numpy", "cpu"],
+        help="kernel backend of every op on NumPy arrays (default: each op's own choice)",
+    )
 
 
 def backend_from_args(parser, args) -> str:
@@ -79,7 +78,7 @@ def backend_from_args(parser, args) -> str:
             "--backend cupy (--device gpu) needs CuPy and a CUDA GPU: pip install -e '.[gpu]' "
             f"on a machine with one; array backends available here: {backends.array_backends()}"
         )
-    if backend == "cupy" and getattr(args, "kernels", None):
+    if backend == "cupy" and args.kernels:
         parser.error(f"--kernels {args.kernels} chooses CPU kernels; it has no effect with cupy")
     return backend
 

@@ -9,6 +9,7 @@ checkpoint trained with ``minimaskrcnn train``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -157,12 +158,13 @@ def main(argv=None) -> int:
     else:
         names = read_class_names(args.classes, num_classes)
 
-    t0 = time.perf_counter()
-    result = model([image])[0]
-    dt = time.perf_counter() - t0
-    from .backends import to_numpy
+    from . import backends
 
-    result = {k: to_numpy(v) for k, v in result.items()}
+    t0 = time.perf_counter()
+    with backends.use(args.kernels) if args.kernels else contextlib.nullcontext():
+        result = model([image])[0]
+    dt = time.perf_counter() - t0
+    result = {k: backends.to_numpy(v) for k, v in result.items()}
     n = save_detections(args.out, image, result, class_names=names, score_thresh=args.score_thresh)
     print(
         f"{len(result['scores'])} detections in {dt:.2f} s, {n} with score >= {args.score_thresh} "

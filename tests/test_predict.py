@@ -117,6 +117,20 @@ def test_predict_through_the_cli_with_npz_weights_and_a_grayscale_file(files, tm
     assert rc == 0 and out.exists()
 
 
+def test_predict_kernels_option_runs_the_reference_kernels(files, tmp_path, monkeypatch):
+    # --kernels numpy must reach the ops: count the NumPy reference's RoIAlign calls
+    from minimaskrcnn.kernels import roi_align_numpy
+
+    d, _ = files
+    calls = []
+    forward = roi_align_numpy.forward
+    monkeypatch.setattr(roi_align_numpy, "forward", lambda *a: calls.append(1) or forward(*a))
+    argv = [str(d / "photo.png"), "--weights", str(d / "small.pth"), "--out",
+            str(tmp_path / "o.png"), "--min-size", "96", "--max-size", "128"]
+    assert predict.main(argv) == 0 and not calls  # default: the fast CPU kernels
+    assert predict.main(argv + ["--kernels", "numpy"]) == 0 and calls
+
+
 def test_predict_without_weights_explains_how_to_get_them(files, capsys):
     d, _ = files
     assert predict.main([str(d / "photo.png")]) == 2
