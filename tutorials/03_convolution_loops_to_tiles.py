@@ -179,8 +179,31 @@ for backend in ["numpy", "cpu"]:
 # output is small (256 x 2304 is 36 tiles): too few blocks to fill a GPU. The CUDA C versions 3
 # and 4 therefore cut the reduction into slices, one block per (tile, slice), and add the
 # slices' partial sums in a fixed order afterwards ("split-K"; `wgrad_slices` in
-# `kernels/conv_cupy.py` chooses how many).
-#
+# `kernels/conv_cupy.py` chooses how many). The same arithmetic in NumPy, with the slices that
+# function picks for that FPN layer, on a smaller copy of it:
+
+# %%
+from minimaskrcnn.kernels import conv_cupy  # noqa: E402  (imports no CuPy until a launch)
+
+s_fpn, chunk_fpn = conv_cupy.wgrad_slices(4, 256, 2304, 1, 2 * 13600)
+print(f"FPN 3x3 layer, 2 images: the reduction of {2 * 13600} positions in {s_fpn} slices "
+      f"of {chunk_fpn}, so {s_fpn} x 36 = {36 * s_fpn} blocks instead of 36")
+x = rng.standard_normal((2, 3, 9, 7))
+w = rng.standard_normal((4, 3, 3, 3))
+g = rng.standard_normal((2, 4, 9, 7))  # grad_out of the padding-1 conv
+cols = conv_numpy.im2col(x, 3, 3, (1, 1), (1, 1), (1, 1), groups=1)[:, 0]  # (N, K, L)
+A = g.reshape(2, 4, 63).transpose(1, 0, 2).reshape(4, 126)  # (O, R): r = (n, l)
+B = cols.transpose(0, 2, 1).reshape(126, 27)  # (R, K)
+chunk = 32  # 4 slices of the 126 reduction values, the last one partial, crossing images
+partial = [A[:, r0 : r0 + chunk] @ B[r0 : r0 + chunk] for r0 in range(0, 126, chunk)]
+gw = sum(partial).reshape(w.shape)  # in slice order, as conv_splitk_sum adds them
+tx, tw = torch.tensor(x), torch.tensor(w, requires_grad=True)
+F.conv2d(tx, tw, padding=1).backward(torch.tensor(g))
+err = np.abs(gw - tw.grad.numpy()).max()
+print(f"{len(partial)} slices summed vs torch's grad_weight: max error {err:.1e}")
+assert err < 1e-12  # float64: only the order of the additions differs
+
+# %% [markdown]
 # With no GPU, Numba runs these kernels in its simulator (one Python thread per CUDA thread —
 # slow, so tiny inputs), which checks indexing, shared memory and barriers, not speed.
 
