@@ -8,6 +8,10 @@ the llm.c manner (a clean reference beside numbered fast versions):
 * ``<op>_numba_cuda.py``  - Numba CUDA kernels (``@cuda.jit``), runnable in the simulator
 * ``<op>.cu`` + ``<op>_cupy.py`` - CUDA C kernels loaded with ``cupy.RawModule``
 
+The ``_cpu.py`` files call their ``@njit(cache=True)`` functions through ``_numba_cache.call``,
+which compiles a new signature under a lock shared by processes: Numba's own cache has none, and
+two processes compiling at once can leave it naming the wrong machine code (see that module).
+
 The public, checked, differentiable entry points are in ``minimaskrcnn.ops``; these modules take
 plain, already-validated arrays. ``source_path(name)`` finds a ``.cu`` file in the installed
 package.

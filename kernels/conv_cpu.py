@@ -53,6 +53,7 @@ import numpy as np
 from numba import prange
 from numpy.lib.stride_tricks import as_strided
 
+from ._numba_cache import call
 from .conv_numpy import output_size
 
 # The column buffer of one chunk. Not smaller: each chunk is one more trip between the gather
@@ -230,10 +231,10 @@ def grad_input(grad_out, weight, input_shape, stride, padding, dilation, groups)
             src = _grad_chunk(grad_out, b0, b1, r0, r1, g * og, (g + 1) * og)  # (Og, B*R*OW)
             np.matmul(wt[g], src, out=buf)  # (K, B*R*OW)
             if groups == 1:
-                _col2im(buf, gx[b0:b1], *args, r0, r1, ow)
+                call(_col2im, buf, gx[b0:b1], *args, r0, r1, ow)
             else:  # a C-contiguous block for the kernel (one compiled layout), copied back
                 blk = np.ascontiguousarray(gx[b0:b1, g * cg : (g + 1) * cg])
-                _col2im(buf, blk, *args, r0, r1, ow)
+                call(_col2im, buf, blk, *args, r0, r1, ow)
                 gx[b0:b1, g * cg : (g + 1) * cg] = blk
     return gx
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from ._numba_cache import call
 from .nms_numpy import descending_order
 
 BLOCK = 1024  # boxes per block: few parallel regions (each one a fork and a barrier)
@@ -127,6 +128,6 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, block: int 
     x1, y1, x2, y2 = (np.ascontiguousarray(b[:, k]) for k in range(4))  # (N,) each
     area = (x2 - x1) * (y2 - y1)  # (N,) NumPy computes it: the same rounding as the reference
     zero = area.dtype.type(0)
-    kept = _nms_sorted(x1, y1, x2, y2, area, zero, np.float64(iou_threshold), np.int64(block),
-                       np.int64(parallel_min_pairs))  # (N,) uint8
+    kept = call(_nms_sorted, x1, y1, x2, y2, area, zero, np.float64(iou_threshold),
+                np.int64(block), np.int64(parallel_min_pairs))  # (N,) uint8
     return order[np.flatnonzero(kept)].astype(np.int64)

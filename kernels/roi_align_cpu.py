@@ -31,6 +31,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from ._numba_cache import call
 from .roi_align_numpy import roi_geometry
 
 
@@ -167,7 +168,7 @@ def forward(input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, alig
         return out
     batch, y1, x1, bin_h, bin_w, grid_h, grid_w = roi_geometry(
         rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned)
-    _forward(input, batch, y1, x1, bin_h, bin_w, grid_h, grid_w, pooled_h, pooled_w, out)
+    call(_forward, input, batch, y1, x1, bin_h, bin_w, grid_h, grid_w, pooled_h, pooled_w, out)
     return out
 
 
@@ -181,5 +182,5 @@ def backward(grad_out, rois, input_shape, spatial_scale, pooled_h, pooled_w, sam
         rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned)
     # a few blocks per thread so that uneven channel work still balances
     n_blocks = min(input_shape[1], 4 * numba.get_num_threads())
-    _backward(grad_out, batch, y1, x1, bin_h, bin_w, grid_h, grid_w, n_blocks, grad_in)
+    call(_backward, grad_out, batch, y1, x1, bin_h, bin_w, grid_h, grid_w, n_blocks, grad_in)
     return grad_in

@@ -19,6 +19,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from ._numba_cache import call
 from .roi_pool_numpy import FLT_MAX, bin_edges
 
 
@@ -76,7 +77,8 @@ def forward(input, rois, spatial_scale, pooled_h, pooled_w):
         return out, argmax
     hstart, hend, wstart, wend = bin_edges(rois, spatial_scale, pooled_h, pooled_w, H, W)
     batch = rois[:, 0].astype(np.int64)
-    _forward(input, batch, hstart, hend, wstart, wend, input.dtype.type(-FLT_MAX), out, argmax)
+    lowest = input.dtype.type(-FLT_MAX)
+    call(_forward, input, batch, hstart, hend, wstart, wend, lowest, out, argmax)
     return out, argmax
 
 
@@ -86,5 +88,5 @@ def backward(grad_out, argmax, rois, input_shape):
     if grad_out.size == 0:
         return grad_in
     n_blocks = min(input_shape[1], 4 * numba.get_num_threads())
-    _backward(grad_out, argmax, rois[:, 0].astype(np.int64), n_blocks, grad_in)
+    call(_backward, grad_out, argmax, rois[:, 0].astype(np.int64), n_blocks, grad_in)
     return grad_in

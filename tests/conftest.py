@@ -11,12 +11,16 @@
   NumPy stand-in of tests/_fake_cupy.py, whose kernels run on the CPU emulator (tests/_cuda_emu.py).
   Only the "cupy" backend is emulated: tests of Numba on the device (their ids say "numba") and
   tests marked ``device`` (torch CUDA, the real-GPU checks) are deselected, and the header says so.
+* ``PYTHONFAULTHANDLER=1`` is inherited by every subprocess a test starts (tutorials, the CLI,
+  training workers): a crash there prints the Python stack of each thread into the output the
+  test reports, instead of a bare "returncode -11". (pytest does the same for its own process.)
 """
 
 import os
 
 os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("PYTHONFAULTHANDLER", "1")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
