@@ -24,13 +24,26 @@ that product:
    shared memory per 16 multiply-adds (vs 2 per 1 in version 3). More work per thread hides
    shared-memory latency; this is the step that makes hand-written GEMMs fast.
 
-Backward (shared by the versions; version 1 uses direct kernels, the others GEMM + col2im):
-* grad_input = a transposed convolution: ``cols = weight^T (K, Og) @ grad_out (Og, L)``, then
-  col2im (one thread per input pixel *gathers* its contributions: deterministic, no atomics).
-  Version 1: one thread per input pixel looping over (o, kh, kw) directly.
-* grad_weight = ``grad_out (Og, L) @ cols^T (L, K)`` summed over images (GEMM with B transposed).
-  Version 1: one thread per weight element looping over (n, oh, ow).
+Backward:
+* grad_input is a transposed convolution, the same shape of product read the other way:
+  ``grad_x (Cg, H*W) = weight^T (Cg, Og*KH*KW) @ gcols (Og*KH*KW, H*W)``, where
+  ``gcols[(o, kh, kw), (y, x)] = grad_out[o, (y+ph-kh*dh)/sh, (x+pw-kw*dw)/sw]`` when that divides.
+  Version 1: one thread per input pixel looping over (o, kh, kw). Version 2: the GEMM into a
+  cols buffer, then col2im (one thread per input pixel *gathers* its contributions:
+  deterministic, no atomics). Versions 3 and 4: the implicit GEMM once more, gathering gcols.
+* grad_weight = ``grad_out (Og, L) @ cols^T (L, K)`` summed over images. Version 1: one thread
+  per weight element looping over (n, oh, ow). Version 2: im2col + the GEMM per image. Versions
+  3 and 4: the implicit GEMM with A = grad_out and B = the gathered input, reducing over
+  r = (n, l), every position of every image. That reduction is long and the output (Og, K)
+  small, too few blocks for a GPU, so it is cut into S slices (split-K, ``wgrad_slices``), one
+  block per (tile, slice) writing a partial (S, O, K), and ``splitk_sum`` adds the S partials in
+  slice order (deterministic: no atomics).
 * grad_bias is a sum, done by the array library in minimaskrcnn.ops.conv.
+
+So versions 3 and 4 are each one kernel body (``igemm_tiled``, ``igemm_regtiled``) with a
+``mode`` argument, FWD, DGRAD or WGRAD, that picks what A and B are and where the result goes,
+as kernels/conv.cu's ``Mode`` template parameter does for the CUDA C ladder. (Numba compiles all
+three branches into one kernel; ``mode`` is the same for every thread, so no warp diverges.)
 
 Groups are supported by every version. Kernels are built per dtype (float32 or float64) by
 ``_kernels(dtype)``: shared and local arrays need the dtype at compile time. Arrays may be NumPy
@@ -60,6 +73,13 @@ TS = 8 if _SIM else 16  # versions 2 and 3: square tile, TS x TS threads
 BM, BN, BK = (16, 16, 4) if _SIM else (32, 32, 8)  # version 4: block tile (channels, positions, K)
 TM, TN = (4, 4) if _SIM else (4, 4)  # version 4: register tile; (BM/TM) x (BN/TN) threads
 THREADS_1D = 32 if _SIM else 128
+
+# What versions 3 and 4 compute (one kernel body each, as kernels/conv.cu's Mode): the forward,
+# grad_input (a transposed convolution) or grad_weight (split along its reduction).
+FWD, DGRAD, WGRAD = 0, 1, 2
+# grad_weight's split-K (see wgrad_slices): the same rule and constants as kernels/conv_cupy.py
+SPLITK_BLOCKS = 256
+SPLITK_MIN_STEPS = 32
 
 
 @lru_cache(maxsize=None)
@@ -175,74 +195,126 @@ def _kernels(dtype_name: str):
             return x[n, c0 + c, y, xx]
         return dt(0.0)
 
+    @cuda.jit(device=True)
+    def problem(mode, z, groups, og, cg, kh_, kw_, l_all, hw, n_r, chunk):
+        """The GEMM that block index z computes: (image, group, first and last reduction
+        index, rows M, columns). FWD: Og x L over K; DGRAD: Cg x H*W over Og*KH*KW; WGRAD:
+        Og x K over a slice of r = (n, l), z = slice * G + group."""
+        if mode == WGRAD:
+            s = z // groups
+            return 0, z % groups, s * chunk, min((s + 1) * chunk, n_r), og, cg * kh_ * kw_
+        if mode == DGRAD:
+            return z // groups, z % groups, 0, og * kh_ * kw_, cg, hw
+        return z // groups, z % groups, 0, cg * kh_ * kw_, og, l_all
+
+    @cuda.jit(device=True)
+    def load_a(mode, w2, g3, n, g, m, r, og, cg, khw, l_all):
+        """A[m, r] of the problem (in range: the caller checks)."""
+        if mode == FWD:
+            return w2[g * og + m, r]  # weight (Og, K)
+        if mode == DGRAD:  # weight^T: r = (o, kh, kw), m = input channel
+            return w2[g * og + r // khw, m * khw + r % khw]
+        return g3[r // l_all, g * og + m, r % l_all]  # WGRAD: grad_out (Og, R), r = (n, l)
+
+    @cuda.jit(device=True)
+    def load_b(mode, x, g3, n, g, r, col, og, cg, kh_, kw_, sh, sw, ph, pw, dh, dw, oh_, ow_,
+               w_, l_all):
+        """B[r, col] of the problem, gathered from an image on the fly (0 outside it)."""
+        if mode == FWD:  # cols[k, l] of image n
+            return gather(x, n, g * cg, r, col, kh_, kw_, sh, sw, ph, pw, dh, dw, ow_)
+        if mode == WGRAD:  # cols^T[(n, l), k]
+            return gather(x, r // l_all, g * cg, col, r % l_all, kh_, kw_, sh, sw, ph, pw, dh, dw,
+                          ow_)
+        # DGRAD: gcols[(o, kh, kw), (y, x)] = grad_out[o, (y+ph-kh*dh)/sh, (x+pw-kw*dw)/sw]
+        t = r % (kh_ * kw_)
+        ty = col // w_ + ph - (t // kw_) * dh
+        tx = col % w_ + pw - (t % kw_) * dw
+        if ty < 0 or ty % sh != 0 or ty // sh >= oh_ or tx < 0 or tx % sw != 0 or tx // sw >= ow_:
+            return dt(0.0)
+        return g3[n, g * og + r // (kh_ * kw_), (ty // sh) * ow_ + tx // sw]
+
+    @cuda.jit(device=True)
+    def store(mode, out3, n, g, z, groups, og, cg, m, col, v):
+        if mode == FWD:
+            out3[n, g * og + m, col] = v  # out (N, O, L)
+        elif mode == DGRAD:
+            out3[n, g * cg + m, col] = v  # grad_x (N, C, H*W)
+        else:
+            out3[z // groups, g * og + m, col] = v  # partial grad_weight (S, O, K) of a slice
+
     @cuda.jit
-    def fwd_tiled(x, w2, out3, groups, kh_, kw_, sh, sw, ph, pw, dh, dw, ow_):
-        """out3 (N, O, L); w2 (O, K). Grid: (L tiles, Og tiles, N*G)."""
+    def igemm_tiled(mode, x, w2, g3, out3, groups, og, cg, kh_, kw_, sh, sw, ph, pw, dh, dw,
+                    oh_, ow_, h_, w_, chunk):
+        """Version 3 for all three products (see the header). Grid: (column tiles, row tiles,
+        N*G for FWD and DGRAD, S*G for WGRAD), TS x TS threads."""
         sa = cuda.shared.array((TS, TS), dt)
         sb = cuda.shared.array((TS, TS), dt)
-        o_all, k_ = w2.shape
-        l_all = out3.shape[2]
-        og = o_all // groups
-        n = cuda.blockIdx.z // groups
-        g = cuda.blockIdx.z % groups
-        c0 = g * (x.shape[1] // groups)
+        l_all = oh_ * ow_
+        z = cuda.blockIdx.z
+        n, g, r0, r1, m_, c_ = problem(mode, z, groups, og, cg, kh_, kw_, l_all, h_ * w_,
+                                       g3.shape[0] * l_all, chunk)
         tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
-        m = cuda.blockIdx.y * TS + ty  # output channel within the group
-        l = cuda.blockIdx.x * TS + tx
+        m = cuda.blockIdx.y * TS + ty
+        col = cuda.blockIdx.x * TS + tx
         acc = dt(0.0)
-        for k0 in range(0, k_, TS):
+        for k0 in range(r0, r1, TS):
             ka, kb = k0 + tx, k0 + ty
             va = dt(0.0)
-            if m < og and ka < k_:
-                va = w2[g * og + m, ka]
+            if m < m_ and ka < r1:
+                va = load_a(mode, w2, g3, n, g, m, ka, og, cg, kh_ * kw_, l_all)
             sa[ty, tx] = va
             vb = dt(0.0)
-            if kb < k_ and l < l_all:
-                vb = gather(x, n, c0, kb, l, kh_, kw_, sh, sw, ph, pw, dh, dw, ow_)
+            if kb < r1 and col < c_:
+                vb = load_b(mode, x, g3, n, g, kb, col, og, cg, kh_, kw_, sh, sw, ph, pw, dh, dw,
+                            oh_, ow_, w_, l_all)
             sb[ty, tx] = vb
             cuda.syncthreads()
             for kk in range(TS):
                 acc += sa[ty, kk] * sb[kk, tx]
             cuda.syncthreads()
-        if m < og and l < l_all:
-            out3[n, g * og + m, l] = acc
+        if m < m_ and col < c_:
+            store(mode, out3, n, g, z, groups, og, cg, m, col, acc)
 
     @cuda.jit
-    def fwd_regtiled(x, w2, out3, groups, kh_, kw_, sh, sw, ph, pw, dh, dw, ow_):
-        """Like fwd_tiled with a BM x BN block tile and a TM x TN register tile per thread."""
+    def igemm_regtiled(mode, x, w2, g3, out3, groups, og, cg, kh_, kw_, sh, sw, ph, pw, dh, dw,
+                       oh_, ow_, h_, w_, chunk):
+        """Version 4: like igemm_tiled with a BM x BN block tile and a TM x TN register tile
+        per thread; (BN/TN, BM/TM) threads."""
         sa = cuda.shared.array((BK, BM), dt)  # A transposed: a thread's TM values are adjacent
         sb = cuda.shared.array((BK, BN), dt)
         acc = cuda.local.array((TM, TN), dt)
         ra = cuda.local.array(TM, dt)
         rb = cuda.local.array(TN, dt)
-        o_all, k_ = w2.shape
-        l_all = out3.shape[2]
-        og = o_all // groups
-        n = cuda.blockIdx.z // groups
-        g = cuda.blockIdx.z % groups
-        c0 = g * (x.shape[1] // groups)
-        tx, ty = cuda.threadIdx.x, cuda.threadIdx.y  # tx over positions, ty over channels
+        l_all = oh_ * ow_
+        z = cuda.blockIdx.z
+        n, g, r0, r1, m_, c_ = problem(mode, z, groups, og, cg, kh_, kw_, l_all, h_ * w_,
+                                       g3.shape[0] * l_all, chunk)
+        tx, ty = cuda.threadIdx.x, cuda.threadIdx.y  # tx over columns, ty over rows
         tid = ty * (BN // TN) + tx
         nthreads = (BM // TM) * (BN // TN)
         m0 = cuda.blockIdx.y * BM
-        l0 = cuda.blockIdx.x * BN
+        c0 = cuda.blockIdx.x * BN
         for i in range(TM):
             for j in range(TN):
                 acc[i, j] = dt(0.0)
-        for k0 in range(0, k_, BK):
-            # Cooperative loads: BK*BM weights and BK*BN gathered inputs, spread over threads.
+        for k0 in range(r0, r1, BK):
+            # Cooperative loads of BK*BM values of A and BK*BN of B, spread over the threads.
+            # WGRAD's reduction index r runs along memory (neighbouring output positions), so
+            # there neighbouring threads take neighbouring r (coalesced); FWD and DGRAD keep
+            # neighbouring threads on neighbouring rows/columns.
             for e in range(tid, BK * BM, nthreads):
-                kk, mm = e // BM, e % BM
+                kk, mm = (e % BK, e // BK) if mode == WGRAD else (e // BM, e % BM)
                 v = dt(0.0)
-                if m0 + mm < og and k0 + kk < k_:
-                    v = w2[g * og + m0 + mm, k0 + kk]
+                if m0 + mm < m_ and k0 + kk < r1:
+                    v = load_a(mode, w2, g3, n, g, m0 + mm, k0 + kk, og, cg, kh_ * kw_, l_all)
                 sa[kk, mm] = v
             for e in range(tid, BK * BN, nthreads):
-                kk, ll = e // BN, e % BN
+                kk, cc = (e % BK, e // BK) if mode == WGRAD else (e // BN, e % BN)
                 v = dt(0.0)
-                if k0 + kk < k_ and l0 + ll < l_all:
-                    v = gather(x, n, c0, k0 + kk, l0 + ll, kh_, kw_, sh, sw, ph, pw, dh, dw, ow_)
-                sb[kk, ll] = v
+                if k0 + kk < r1 and c0 + cc < c_:
+                    v = load_b(mode, x, g3, n, g, k0 + kk, c0 + cc, og, cg, kh_, kw_, sh, sw, ph,
+                               pw, dh, dw, oh_, ow_, w_, l_all)
+                sb[kk, cc] = v
             cuda.syncthreads()
             for kk in range(BK):
                 for i in range(TM):
@@ -255,12 +327,25 @@ def _kernels(dtype_name: str):
             cuda.syncthreads()
         for i in range(TM):
             m = m0 + ty * TM + i
-            if m >= og:
+            if m >= m_:
                 continue
             for j in range(TN):
-                l = l0 + tx * TN + j
-                if l < l_all:
-                    out3[n, g * og + m, l] = acc[i, j]
+                col = c0 + tx * TN + j
+                if col < c_:
+                    store(mode, out3, n, g, z, groups, og, cg, m, col, acc[i, j])
+
+    @cuda.jit
+    def splitk_sum(part, out):
+        """out (O, K) = sum of the S partials (S, O, K) in slice order: deterministic."""
+        i = cuda.grid(1)
+        s_, o_, k_ = part.shape
+        if i >= o_ * k_:
+            return
+        o, k = i // k_, i % k_
+        acc = dt(0.0)
+        for s in range(s_):
+            acc += part[s, o, k]
+        out[o, k] = acc
 
     @cuda.jit
     def gx_naive(g, w, gx, sh, sw, ph, pw, dh, dw, groups):
@@ -321,8 +406,9 @@ def _kernels(dtype_name: str):
         "im2col": im2col,
         "col2im": col2im,
         "gemm": gemm,
-        "fwd_tiled": fwd_tiled,
-        "fwd_regtiled": fwd_regtiled,
+        "igemm_tiled": igemm_tiled,
+        "igemm_regtiled": igemm_regtiled,
+        "splitk_sum": splitk_sum,
         "gx_naive": gx_naive,
         "gw_naive": gw_naive,
     }
@@ -373,6 +459,31 @@ def _gemm(k, a, b, c, ta, tb, accumulate):
     k["gemm"][(math.ceil(n / TS), math.ceil(m / TS)), (TS, TS)](a, b, c, ta, tb, accumulate)
 
 
+def _igemm(k, v, mode, size, x, w2, g3, out3, groups, og, cg, kh, kw, stride, padding,
+           dilation, oh, ow, h, w, chunk=0):
+    """Launch version v (3 or 4) of the implicit GEMM; size = (columns, rows, grid z)."""
+    cols, rows, z = size
+    if v == 3:
+        grid, block, name = (math.ceil(cols / TS), math.ceil(rows / TS), z), (TS, TS), "tiled"
+    else:
+        grid, block = (math.ceil(cols / BN), math.ceil(rows / BM), z), (BN // TN, BM // TM)
+        name = "regtiled"
+    k["igemm_" + name][grid, block](mode, x, w2, g3, out3, groups, og, cg, kh, kw, *stride,
+                                    *padding, *dilation, oh, ow, h, w, chunk)
+
+
+def wgrad_slices(version, og, k, groups, r):
+    """``(S, chunk)``: grad_weight's reduction over ``r = N*L`` values cut into S slices of
+    ``chunk`` values (a multiple of the k step; the last may be shorter, none is empty), so that
+    versions 3 and 4 launch about SPLITK_BLOCKS blocks, each running at least SPLITK_MIN_STEPS
+    k steps. The rule of kernels/conv_cupy.py's wgrad_slices, with this file's tile sizes."""
+    rows, cols, step = (TS, TS, TS) if version == 3 else (BM, BN, BK)
+    tiles = math.ceil(og / rows) * math.ceil(k / cols) * groups
+    s = max(1, min(math.ceil(SPLITK_BLOCKS / tiles), r // (step * SPLITK_MIN_STEPS)))
+    chunk = math.ceil(math.ceil(r / s) / step) * step
+    return math.ceil(r / chunk), chunk
+
+
 def forward(x, weight, bias, stride, padding, dilation, groups, version=None):
     """See conv_numpy.forward; ``version`` picks the ladder step (see the header)."""
     v = _number(version)
@@ -405,40 +516,10 @@ def forward(x, weight, bias, stride, padding, dilation, groups, version=None):
                     0,
                     0,
                 )
-    elif v == 3:
-        grid = (math.ceil(l_all / TS), math.ceil(og / TS), n * groups)
-        k["fwd_tiled"][grid, (TS, TS)](
-            dx,
-            dwt.reshape(o, kk),
-            out.reshape(n, o, l_all),
-            groups,
-            kh,
-            kw,
-            sh,
-            sw,
-            ph,
-            pw,
-            dh,
-            dw,
-            ow,
-        )
     else:
-        grid = (math.ceil(l_all / BN), math.ceil(og / BM), n * groups)
-        k["fwd_regtiled"][grid, (BN // TN, BM // TM)](
-            dx,
-            dwt.reshape(o, kk),
-            out.reshape(n, o, l_all),
-            groups,
-            kh,
-            kw,
-            sh,
-            sw,
-            ph,
-            pw,
-            dh,
-            dw,
-            ow,
-        )
+        out3 = out.reshape(n, o, l_all)
+        _igemm(k, v, FWD, (l_all, og, n * groups), dx, dwt.reshape(o, kk), out3, out3, groups,
+               og, cg, kh, kw, stride, padding, dilation, oh, ow, h, w)
     out = dev.get(out)
     if bias is not None:
         out += bias.reshape(1, o, 1, 1)
@@ -462,6 +543,12 @@ def grad_input(grad_out, weight, input_shape, stride, padding, dilation, groups,
         return dev.get(gx)
     og, kk, l_all = o // groups, cg * kh * kw, oh * ow
     w2 = dwt.reshape(o, kk)
+    if v in (3, 4):  # grad_x (Cg, H*W) = W^T (Cg, Og*KH*KW) @ gathered grad_out, per (n, g)
+        # x is not read in DGRAD mode: grad_out stands in for it (any 4-D array of the dtype)
+        _igemm(k, v, DGRAD, (h * w, cg, n * groups), dg, w2, dg.reshape(n, o, l_all),
+               gx.reshape(n, c, h * w), groups, og, cg, kh, kw, stride, padding, dilation, oh,
+               ow, h, w)
+        return dev.get(gx)
     cols = dev.empty((c * kh * kw, l_all), grad_out.dtype)
     for b in range(n):
         gb = dg[b].reshape(o, l_all)
@@ -496,6 +583,17 @@ def grad_weight(grad_out, x, weight_shape, stride, padding, dilation, groups, ve
         k["gw_naive"][blocks, threads](dg, dx, gw, sh, sw, ph, pw, dh, dw, groups)
         return dev.get(gw)
     og, kk, l_all = o // groups, cg * kh * kw, oh * ow
+    if v in (3, 4):  # gw (Og, K) = grad_out (Og, R) @ cols^T (R, K), r = (n, l), in S slices
+        s_, chunk = wgrad_slices(v, og, kk, groups, n * l_all)
+        part = dev.empty((s_, o, kk), grad_out.dtype)  # (S, O, K): one partial per slice
+        g3 = dg.reshape(n, o, l_all)
+        # the weight is not read in WGRAD mode: part[0] (O, K) stands in for it
+        _igemm(k, v, WGRAD, (kk, og, s_ * groups), dx, part[0], g3, part, groups, og, cg, kh, kw,
+               stride, padding, dilation, oh, ow, x.shape[2], x.shape[3], chunk)
+        gw = dev.empty((o, kk), grad_out.dtype)
+        blocks, threads = _grid1(gw.size)
+        k["splitk_sum"][blocks, threads](part, gw)
+        return dev.get(gw).reshape(tuple(weight_shape))
     gw = dev.zeros((o, kk), grad_out.dtype)
     cols = dev.empty((c * kh * kw, l_all), x.dtype)
     for b in range(n):

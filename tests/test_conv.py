@@ -355,6 +355,43 @@ def test_mask_head_upsampling(backend, rng):
         _check(backend, True, x, w, b, dtype=np.float32, version=version, stride=2)
 
 
+# ----------------------------------------------------------------------------- split-K grad_weight
+@pytest.mark.parametrize("version", [3, 4])
+@pytest.mark.parametrize(
+    "og, k, groups, r",
+    [(8, 36, 1, 126), (256, 2304, 1, 27200), (64, 576, 1, 10**6), (2048, 512, 1, 50),
+     (32, 4, 32, 900), (1, 1, 1, 1)],
+)
+def test_numba_wgrad_slices_cover_the_reduction_once(version, og, k, groups, r):
+    from minimaskrcnn.kernels import conv_numba_cuda as m
+
+    s, chunk = m.wgrad_slices(version, og, k, groups, r)
+    rows, cols, step = (m.TS, m.TS, m.TS) if version == 3 else (m.BM, m.BN, m.BK)
+    assert s >= 1 and chunk % step == 0
+    assert (s - 1) * chunk < r <= s * chunk  # every slice non-empty, all of r covered
+    assert chunk >= min(r, step * m.SPLITK_MIN_STEPS) or s == 1  # slices long enough
+    tiles = -(-og // rows) * -(-k // cols) * groups
+    assert s == 1 or tiles * (s - 1) < m.SPLITK_BLOCKS  # no more slices than needed
+
+
+@pytest.mark.parametrize("version", ["tiled", "regtiled"])
+def test_numba_grad_weight_split_along_the_reduction(version, monkeypatch):
+    # One k step per slice at least (instead of 32), so that tiny simulator shapes split: 2
+    # images x 5 x 3 positions = 30 reduction values in 2 (tiled, 16 each) or 4 (regtiled, 8
+    # each) slices, the last one partial, a slice crossing from image 0 into image 1;
+    # splitk_sum adds them.
+    from minimaskrcnn.kernels import conv_numba_cuda as m
+
+    monkeypatch.setattr(m, "SPLITK_MIN_STEPS", 1)
+    s, chunk = m.wgrad_slices(m.VERSIONS[version], 6, 18, 1, 30)
+    assert s >= 2 and 30 % chunk and 15 % chunk
+    rng = np.random.default_rng(11)
+    x, w, b = _draw(rng, 2, 2, 5, 3, 6, 3, 3)
+    _check("numba", False, x, w, b, dtype=np.float32, version=version, padding=1)
+    x, w, b = _draw(rng, 2, 4, 5, 3, 4, 3, 3, groups=2)  # slices x groups blocks along z
+    _check("numba", False, x, w, b, dtype=np.float32, version=version, padding=1, groups=2)
+
+
 # ----------------------------------------------------------------------------- kinds and layouts
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_non_contiguous_inputs(backend, rng):

@@ -176,11 +176,11 @@ for backend in ["numpy", "cpu"]:
 # convolution: the same kernels with the gather read the other way. grad_weight is
 # `grad_out (Og, L) @ cols^T (L, K)` summed over the batch, a GEMM whose reduction runs over
 # every output position of every image (27,200 for an FPN 3x3 on two 800x1088 images) while its
-# output is small (256 x 2304 is 36 tiles): too few blocks to fill a GPU. The CUDA C versions 3
-# and 4 therefore cut the reduction into slices, one block per (tile, slice), and add the
-# slices' partial sums in a fixed order afterwards ("split-K"; `wgrad_slices` in
-# `kernels/conv_cupy.py` chooses how many). The same arithmetic in NumPy, with the slices that
-# function picks for that FPN layer, on a smaller copy of it:
+# output is small (256 x 2304 is 36 tiles): too few blocks to fill a GPU. Versions 3 and 4 (in
+# CUDA C and in Numba) therefore cut the reduction into slices, one block per (tile, slice), and
+# add the slices' partial sums in a fixed order afterwards ("split-K"; `wgrad_slices` in
+# `kernels/conv_cupy.py` chooses how many for CUDA C's tiles). The same arithmetic in NumPy,
+# with the slices that function picks for that FPN layer, on a smaller copy of it:
 
 # %%
 from minimaskrcnn.kernels import conv_cupy  # noqa: E402  (imports no CuPy until a launch)
