@@ -88,7 +88,10 @@ def _quick_key(a):
 
 def call(fn, *args):
     """``fn(*args)`` for a ``@numba.njit(cache=True)`` function, compiling new signatures under
-    ``compile_lock`` (see the module docstring)."""
+    ``compile_lock`` (see the module docstring). With ``NUMBA_DISABLE_JIT=1`` (to step through
+    a kernel in a debugger) ``fn`` is the plain Python function, called as it is."""
+    if not hasattr(fn, "overloads"):
+        return fn(*args)
     key = tuple(_quick_key(a) for a in args)
     known = _known.setdefault(fn, set())
     if key not in known:

@@ -171,3 +171,25 @@ def test_concurrent_cold_compiles_leave_a_consistent_cache(tmp_path):
     proc = subprocess.run([sys.executable, "-c", CHECK], env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_kernels_run_as_python_with_numba_disable_jit():
+    # NUMBA_DISABLE_JIT=1 turns @njit functions into plain Python (for a debugger): call() must
+    # pass them through. A subprocess: the variable is read when numba is imported.
+    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
+    code = textwrap.dedent(
+        """
+        import numpy as np
+        from minimaskrcnn.kernels import _numba_cache, roi_pool_cpu, roi_pool_numpy
+        assert not hasattr(roi_pool_cpu._forward, "overloads")  # really the Python function
+        x = np.random.default_rng(0).random((1, 2, 6, 6)).astype(np.float32)
+        rois = np.array([[0, 0.5, 0.5, 4.5, 5.0]], np.float32)
+        out, arg = roi_pool_cpu.forward(x, rois, 1.0, 3, 3)
+        ref, ref_arg = roi_pool_numpy.forward(x, rois, 1.0, 3, 3)
+        np.testing.assert_array_equal(out, ref)
+        np.testing.assert_array_equal(arg, ref_arg)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
