@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 
 import numpy as np
 
@@ -63,7 +64,16 @@ def compile_lock(fn):
         yield
         return
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # blocks while another process compiles; released on exit
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            # Another live process holds it (the kernel drops the lock of a process that dies):
+            # say so before waiting, so that a process stopped mid-compilation (Ctrl-Z in
+            # another terminal) is never a silent hang here.
+            print(f"minimaskrcnn: waiting for another process to finish compiling Numba "
+                  f"kernels (it holds {path}; a stopped process holds it until it ends)",
+                  file=sys.stderr, flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock, even if compilation raised

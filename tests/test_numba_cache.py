@@ -193,3 +193,40 @@ def test_kernels_run_as_python_with_numba_disable_jit():
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.skipif(_numba_cache.fcntl is None, reason="no flock on this platform (Windows)")
+def test_waiting_for_the_lock_is_announced_not_silent(tmp_path):
+    # This process holds the lock of a cold cache directory; a second process that must compile
+    # says on stderr that it waits, then finishes once the lock is released.
+    import fcntl
+    import time
+
+    cache = tmp_path / "numba-cache"
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache))
+    env.pop("NUMBA_ENABLE_CUDASIM", None)
+    code = (
+        "from minimaskrcnn.kernels import _numba_cache, roi_pool_cpu\n"
+        "print(_numba_cache.lock_path(roi_pool_cpu._forward), flush=True)\n"
+    )
+    path = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=300).stdout.strip()
+    assert path.startswith(str(cache)), path
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        proc = subprocess.Popen([sys.executable, "-c", CHECK], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        seen = []  # stderr lines up to the waiting message (readline blocks until one comes)
+        while not seen or "waiting for another process" not in seen[-1]:
+            seen.append(proc.stderr.readline())
+            assert seen[-1], f"the process ended without saying it waits: {seen}"
+        assert "to finish compiling Numba kernels" in seen[-1], seen
+        time.sleep(0.5)
+        assert proc.poll() is None  # still waiting while the lock is held
+    finally:
+        os.close(fd)  # releases the lock
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out + err
+    assert "both dtypes load and agree with the reference" in out
