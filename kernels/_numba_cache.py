@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -42,12 +43,33 @@ except ImportError:  # Windows: no flock
     fcntl = None
 
 LOCK_NAME = "minimaskrcnn-numba-cache.lock"
+ANNOUNCE_AFTER_S = 20.0  # longer than compiling one kernel takes (2-7 s on 2 slow cores)
 
 
 def lock_path(fn) -> str | None:
     """The lock file beside ``fn``'s cache files, or None when ``fn`` is not cached."""
     cache_path = getattr(getattr(fn, "_cache", None), "_cache_path", None)
     return None if cache_path is None else os.path.join(cache_path, LOCK_NAME)
+
+
+def _acquire(fd, path):
+    """Lock ``fd``; if another live process holds the lock for more than ANNOUNCE_AFTER_S (the
+    kernel drops the lock of a process that dies), say so on stderr and go on waiting: a
+    process stopped mid-compilation (Ctrl-Z in another terminal) is never a silent hang here,
+    while the usual short waits (training workers loading the same kernels) stay quiet."""
+    deadline = time.monotonic() + ANNOUNCE_AFTER_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+    print(f"minimaskrcnn: waiting for another process to finish compiling Numba kernels "
+          f"(it holds {path}; a stopped process holds it until it ends)",
+          file=sys.stderr, flush=True)
+    fcntl.flock(fd, fcntl.LOCK_EX)
 
 
 @contextlib.contextmanager
@@ -64,16 +86,7 @@ def compile_lock(fn):
         yield
         return
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            # Another live process holds it (the kernel drops the lock of a process that dies):
-            # say so before waiting, so that a process stopped mid-compilation (Ctrl-Z in
-            # another terminal) is never a silent hang here.
-            print(f"minimaskrcnn: waiting for another process to finish compiling Numba "
-                  f"kernels (it holds {path}; a stopped process holds it until it ends)",
-                  file=sys.stderr, flush=True)
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        _acquire(fd, path)
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock, even if compilation raised

@@ -198,7 +198,8 @@ def test_kernels_run_as_python_with_numba_disable_jit():
 @pytest.mark.skipif(_numba_cache.fcntl is None, reason="no flock on this platform (Windows)")
 def test_waiting_for_the_lock_is_announced_not_silent(tmp_path):
     # This process holds the lock of a cold cache directory; a second process that must compile
-    # says on stderr that it waits, then finishes once the lock is released.
+    # says on stderr that it waits (after 1 s here, ANNOUNCE_AFTER_S), then finishes once the
+    # lock is released.
     import fcntl
     import time
 
@@ -216,8 +217,9 @@ def test_waiting_for_the_lock_is_announced_not_silent(tmp_path):
     fd = os.open(path, os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_EX)
     try:
-        proc = subprocess.Popen([sys.executable, "-c", CHECK], env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+        quick = "from minimaskrcnn.kernels import _numba_cache\n_numba_cache.ANNOUNCE_AFTER_S = 1\n"
+        proc = subprocess.Popen([sys.executable, "-c", quick + CHECK], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         seen = []  # stderr lines up to the waiting message (readline blocks until one comes)
         while not seen or "waiting for another process" not in seen[-1]:
             seen.append(proc.stderr.readline())
