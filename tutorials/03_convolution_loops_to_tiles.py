@@ -205,19 +205,30 @@ assert err < 1e-12  # float64: only the order of the additions differs
 
 # %% [markdown]
 # With no GPU, Numba runs these kernels in its simulator (one Python thread per CUDA thread —
-# slow, so tiny inputs), which checks indexing, shared memory and barriers, not speed.
+# slow, so tiny inputs), which checks indexing, shared memory and barriers, not speed. Each
+# version is checked forward and backward: versions 3 and 4 run grad_input and grad_weight
+# through the same kernel body as the forward (the DGRAD and WGRAD modes).
 
 # %%
 on_gpu = backends.cupy_available()
 where = "real GPU" if on_gpu else "Numba CUDA simulator (no GPU here)"
-x = rng.standard_normal((1, 3, 6, 7)).astype(np.float32)
+x = rng.standard_normal((2, 3, 6, 7)).astype(np.float32)
 w = rng.standard_normal((5, 3, 3, 3)).astype(np.float32)
-ref = torch_conv(x, w, stride=1, padding=1)
+go = rng.standard_normal((2, 5, 6, 7)).astype(np.float32)  # d(loss)/d(output)
+tx, tw = (torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in (x, w))
+tout = F.conv2d(tx, tw, padding=1)
+tout.backward(torch.tensor(go, dtype=torch.float64))
+ref = tout.detach().numpy()
 for version in ["naive", "im2col", "tiled", "regtiled"]:
-    ours = ops.conv2d(x, w, padding=1, backend="numba", version=version)
-    err = np.abs(ours - ref).max()
-    print(f"numba {version:9s} ({where}): max error vs torch {err:.1e}")
-    assert err < 1e-4  # float32, 27 products per output: round-off ~1e-6
+    X, W = Tensor(x, requires_grad=True), Tensor(w, requires_grad=True)
+    out = ops.conv2d(X, W, padding=1, backend="numba", version=version)
+    out.backward(go)
+    errs = [np.abs(a - b).max() for a, b in
+            ((out.data, ref), (X.grad, tx.grad.numpy()), (W.grad, tw.grad.numpy()))]
+    print(f"numba {version:9s} ({where}): max error vs torch: output {errs[0]:.1e}, "
+          f"grad input {errs[1]:.1e}, grad weight {errs[2]:.1e}")
+    # float32 sums of 27 (output), 45 (grad input) and 84 (grad weight) products: ~1e-6
+    assert max(errs) < 1e-4
 
 # %% [markdown]
 # ## 4. The ladder, measured
