@@ -5,11 +5,17 @@
 #
 #   bash scripts/gpu_suite.sh [OUTDIR [PART ...]]
 #
-# PART: tests, roi, nms, conv, model (default: all five, in that order), so that a machine lent
-# for a limited time can run the suite in pieces. Writes OUTDIR/info.txt, OUTDIR/gpu_tests.log,
-# OUTDIR/bench_*.txt, and the conv and model benchmarks' own result files
-# OUTDIR/bench_conv.{md,json} and OUTDIR/bench_model.json (default OUTDIR: gpu-results/).
-# Exits non-zero if the tests or any benchmark failed.
+# PART: tests, roi, nms, conv, model (default: these five, in that order), so that a machine
+# lent for a limited time can run the suite in pieces; and train (not in the default): issue 6's
+# training on the GPU, the CPU measurement's command (docs/train_shapes_results.md) with
+# --backend cupy and an iteration budget, GPU_TRAIN_ITERS (default 899, the iterations the
+# 20-minute CPU run made), then COCO AP on the validation split. A second `train` call resumes
+# an interrupted run from its checkpoint (every 50 iterations), so the training may span several
+# time-limited calls. Writes OUTDIR/info.txt, OUTDIR/gpu_tests.log, OUTDIR/bench_*.txt, the conv
+# and model benchmarks' own result files OUTDIR/bench_conv.{md,json} and
+# OUTDIR/bench_model.json, and OUTDIR/shapes2026/ + OUTDIR/train_cupy/ (log.jsonl, metrics.json,
+# loss_curve.png) for train (default OUTDIR: gpu-results/).
+# Exits non-zero if the tests, any benchmark or the training failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-gpu-results}
@@ -18,8 +24,8 @@ parts=("$@")
 [ ${#parts[@]} -eq 0 ] && parts=(tests roi nms conv model)
 for part in "${parts[@]}"; do
   case $part in
-    tests | roi | nms | conv | model) ;;
-    *) echo "gpu_suite: unknown part '$part' (tests, roi, nms, conv, model)" >&2; exit 2 ;;
+    tests | roi | nms | conv | model | train) ;;
+    *) echo "gpu_suite: unknown part '$part' (tests, roi, nms, conv, model, train)" >&2; exit 2 ;;
   esac
 done
 mkdir -p "$out"
@@ -38,6 +44,23 @@ for b in "${parts[@]}"; do
   if [ "$b" = tests ]; then  # the CuPy kernels and every backend on a real device
     python -m pytest -m gpu -q -p no:cacheprovider 2>&1 | tee "$out/gpu_tests.log"
     status=${PIPESTATUS[0]}
+    continue
+  fi
+  if [ "$b" = train ]; then
+    data="$out/shapes2026"
+    if [ ! -f "$data/val/annotations.json" ]; then  # written atomically: all there, or nothing
+      python -m minimaskrcnn shapes --out "$data" --train 1000 --val 100 --seed 2026
+    fi
+    resume=()
+    [ -f "$out/train_cupy/checkpoint.npz" ] && resume=(--resume)
+    python -m minimaskrcnn train --data "$data/train" --val "$data/val" --config r18_fpn_cpu \
+      --out "$out/train_cupy" --iters "${GPU_TRAIN_ITERS:-899}" --batch-size 16 --lr 0.06 \
+      --ckpt-every 50 --backend cupy ${resume[@]+"${resume[@]}"} 2>&1 | tee -a "$out/train_cupy.txt"
+    rc=${PIPESTATUS[0]}
+    if [ "$rc" -ne 0 ]; then
+      echo "gpu_suite: train failed (exit $rc)" | tee -a "$out/train_cupy.txt" >&2
+      [ "$status" -eq 0 ] && status=$rc
+    fi
     continue
   fi
   extra=()
