@@ -191,8 +191,9 @@ print("findings hold: RoIAlign is closest at every stride; rounding hurts more a
 # a tiny shapes set, so the APs are near zero and say nothing about the operators. The committed
 # results are in `docs/roi_ablation_results.md` (made with `minimaskrcnn compare-roi train ...
 # --workers 2`, the command there), with second rounds at 500 iterations per run: RoIAlign
-# leads for both seeds at c5 (mask AP 3.7 against RoIPool's 1.6) and with the FPN (48.9 against
-# 45.0, and 52.2 against 45.5 at AP75, while RoIPool is ahead at AP50). Without quick mode this
+# leads for both seeds at c4 (mask AP 30.7 against RoIPool's 17.4 and RoIWarp's 16.9; 31.2
+# against 12.2 at AP75), at c5 (3.7 against 1.6) and with the FPN (48.9 against 45.0, and 52.2
+# against 45.5 at AP75, while RoIPool is ahead at AP50). Without quick mode this
 # cell runs the same ablation in this process: 1000 shapes images of 128 pixels,
 # `r18_fpn_cpu`, c4/c5/fpn x 3 operators x 2 seeds, 3 minutes of training each (about 70
 # minutes in all on 2 cores). In a notebook
