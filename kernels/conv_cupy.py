@@ -21,7 +21,7 @@ import math
 import numpy as np
 
 from . import _cupy_loader
-from .conv_numpy import output_size
+from .conv_numpy import output_size, splitk_plan
 
 VERSIONS = {"naive": 1, "im2col": 2, "tiled": 3, "regtiled": 4}
 DEFAULT = "regtiled"
@@ -179,9 +179,7 @@ def wgrad_slices(version, og, k, groups, r):
     else:
         rows, cols, step = (64 if og <= 64 else 128), BN, BK
     tiles = math.ceil(og / rows) * math.ceil(k / cols) * groups
-    s = max(1, min(math.ceil(SPLITK_BLOCKS / tiles), r // (step * SPLITK_MIN_STEPS)))
-    chunk = math.ceil(math.ceil(r / s) / step) * step
-    return math.ceil(r / chunk), chunk
+    return splitk_plan(tiles, r, step, SPLITK_BLOCKS, SPLITK_MIN_STEPS)
 
 
 def grad_weight(grad_out, x, weight_shape, stride, padding, dilation, groups, version=None):

@@ -61,7 +61,7 @@ import numba
 import numpy as np
 from numba import cuda
 
-from .conv_numpy import output_size
+from .conv_numpy import output_size, splitk_plan
 
 VERSIONS = {"naive": 1, "im2col": 2, "tiled": 3, "regtiled": 4}
 DEFAULT = "regtiled"
@@ -476,12 +476,10 @@ def wgrad_slices(version, og, k, groups, r):
     """``(S, chunk)``: grad_weight's reduction over ``r = N*L`` values cut into S slices of
     ``chunk`` values (a multiple of the k step; the last may be shorter, none is empty), so that
     versions 3 and 4 launch about SPLITK_BLOCKS blocks, each running at least SPLITK_MIN_STEPS
-    k steps. The rule of kernels/conv_cupy.py's wgrad_slices, with this file's tile sizes."""
+    k steps (conv_numpy.splitk_plan, as kernels/conv_cupy.py's, with this file's tiles)."""
     rows, cols, step = (TS, TS, TS) if version == 3 else (BM, BN, BK)
     tiles = math.ceil(og / rows) * math.ceil(k / cols) * groups
-    s = max(1, min(math.ceil(SPLITK_BLOCKS / tiles), r // (step * SPLITK_MIN_STEPS)))
-    chunk = math.ceil(math.ceil(r / s) / step) * step
-    return math.ceil(r / chunk), chunk
+    return splitk_plan(tiles, r, step, SPLITK_BLOCKS, SPLITK_MIN_STEPS)
 
 
 def forward(x, weight, bias, stride, padding, dilation, groups, version=None):

@@ -41,6 +41,8 @@ back with a Python loop over the KH*KW kernel offsets (col2im), never over outpu
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
@@ -50,6 +52,17 @@ def output_size(h: int, w: int, kh: int, kw: int, stride, padding, dilation) -> 
     oh = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
     ow = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
     return oh, ow
+
+
+def splitk_plan(tiles: int, r: int, step: int, blocks: int, min_steps: int) -> tuple[int, int]:
+    """``(S, chunk)``: how the GPU versions 3 and 4 (CUDA C and Numba) cut grad_weight's
+    reduction over ``r`` values into S slices (split-K), given the ``tiles`` blocks its output
+    alone makes: about ``blocks`` blocks in all, each slice at least ``min_steps`` k steps of
+    ``step`` values, ``chunk`` a multiple of ``step`` (the last slice may be shorter, none is
+    empty). The arithmetic itself is the reference's: sum over slices of partial products."""
+    s = max(1, min(math.ceil(blocks / tiles), r // (step * min_steps)))
+    chunk = math.ceil(math.ceil(r / s) / step) * step
+    return math.ceil(r / chunk), chunk
 
 
 def _pad(x, padding):

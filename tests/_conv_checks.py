@@ -128,3 +128,18 @@ def check_drawn_shapes(backend, version, count, max_cg, max_hw, seed=1):
             dilation=d,
             groups=g,
         )
+
+
+# (Og, K, groups, r = N*L) for grad_weight's split-K plan (wgrad_slices of each GPU ladder):
+# the FPN 3x3 layer on two images, huge and tiny reductions, many groups, one value
+WGRAD_SLICE_CASES = [(8, 36, 1, 126), (256, 2304, 1, 27200), (64, 576, 1, 10**6),
+                     (2048, 512, 1, 50), (32, 4, 32, 900), (1, 1, 1, 1)]
+
+
+def check_splitk_cover(s, chunk, r, step, tiles, blocks, min_steps):
+    """A split-K plan (S slices of ``chunk``) covers the reduction of ``r`` values once, in
+    slices of whole k steps, none empty, with no more slices than the block target needs."""
+    assert s >= 1 and chunk % step == 0
+    assert (s - 1) * chunk < r <= s * chunk  # every slice non-empty, all of r covered
+    assert chunk >= min(r, step * min_steps) or s == 1  # slices long enough
+    assert s == 1 or tiles * (s - 1) < blocks  # no more slices than needed

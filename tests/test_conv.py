@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from _conv_checks import product_counts
+from _conv_checks import WGRAD_SLICE_CASES, check_splitk_cover, product_counts
 from conftest import CPU_BACKENDS
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -357,21 +357,14 @@ def test_mask_head_upsampling(backend, rng):
 
 # ----------------------------------------------------------------------------- split-K grad_weight
 @pytest.mark.parametrize("version", [3, 4])
-@pytest.mark.parametrize(
-    "og, k, groups, r",
-    [(8, 36, 1, 126), (256, 2304, 1, 27200), (64, 576, 1, 10**6), (2048, 512, 1, 50),
-     (32, 4, 32, 900), (1, 1, 1, 1)],
-)
+@pytest.mark.parametrize("og, k, groups, r", WGRAD_SLICE_CASES)
 def test_numba_wgrad_slices_cover_the_reduction_once(version, og, k, groups, r):
     from minimaskrcnn.kernels import conv_numba_cuda as m
 
     s, chunk = m.wgrad_slices(version, og, k, groups, r)
     rows, cols, step = (m.TS, m.TS, m.TS) if version == 3 else (m.BM, m.BN, m.BK)
-    assert s >= 1 and chunk % step == 0
-    assert (s - 1) * chunk < r <= s * chunk  # every slice non-empty, all of r covered
-    assert chunk >= min(r, step * m.SPLITK_MIN_STEPS) or s == 1  # slices long enough
     tiles = -(-og // rows) * -(-k // cols) * groups
-    assert s == 1 or tiles * (s - 1) < m.SPLITK_BLOCKS  # no more slices than needed
+    check_splitk_cover(s, chunk, r, step, tiles, m.SPLITK_BLOCKS, m.SPLITK_MIN_STEPS)
 
 
 @pytest.mark.parametrize("version", ["tiled", "regtiled"])

@@ -18,7 +18,14 @@ import _fake_cupy
 import numpy as np
 import pytest
 import torch  # noqa: F401  (the reference must be installed: fail, never skip)
-from _conv_checks import RESNET_FPN, VERSIONS, check_conv, check_drawn_shapes
+from _conv_checks import (
+    RESNET_FPN,
+    VERSIONS,
+    WGRAD_SLICE_CASES,
+    check_conv,
+    check_drawn_shapes,
+    check_splitk_cover,
+)
 from _nms_checks import (
     check_batched,
     check_degenerate,
@@ -259,21 +266,15 @@ def test_conv_drawn_shapes(version):
 
 
 @pytest.mark.parametrize("version", [3, 4])
-@pytest.mark.parametrize(
-    "og, k, groups, r",
-    [(8, 36, 1, 126), (256, 2304, 1, 27200), (64, 576, 1, 10**6), (2048, 512, 1, 50),
-     (32, 4, 32, 900), (1, 1, 1, 1)],
-)
+@pytest.mark.parametrize("og, k, groups, r", WGRAD_SLICE_CASES)
 def test_wgrad_slices_cover_the_reduction_once(version, og, k, groups, r):
-    from minimaskrcnn.kernels import conv_cupy
+    from minimaskrcnn.kernels import conv_cupy as m
 
-    s, chunk = conv_cupy.wgrad_slices(version, og, k, groups, r)
-    step = conv_cupy.TS if version == 3 else conv_cupy.BK
-    assert s >= 1 and chunk % step == 0
-    assert (s - 1) * chunk < r <= s * chunk  # every slice non-empty, all of r covered
-    rows = conv_cupy.TS if version == 3 else (64 if og <= 64 else 128)
-    tiles = -(-og // rows) * -(-k // (conv_cupy.TS if version == 3 else conv_cupy.BN)) * groups
-    assert s == 1 or tiles * (s - 1) < conv_cupy.SPLITK_BLOCKS  # no more slices than needed
+    s, chunk = m.wgrad_slices(version, og, k, groups, r)
+    rows = m.TS if version == 3 else (64 if og <= 64 else 128)  # regtiled: 64 rows if Og <= 64
+    cols, step = (m.TS, m.TS) if version == 3 else (m.BN, m.BK)
+    tiles = -(-og // rows) * -(-k // cols) * groups
+    check_splitk_cover(s, chunk, r, step, tiles, m.SPLITK_BLOCKS, m.SPLITK_MIN_STEPS)
 
 
 @pytest.mark.parametrize("version", ["tiled", "regtiled"])
