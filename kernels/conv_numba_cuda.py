@@ -459,15 +459,18 @@ def _gemm(k, a, b, c, ta, tb, accumulate):
     k["gemm"][(math.ceil(n / TS), math.ceil(m / TS)), (TS, TS)](a, b, c, ta, tb, accumulate)
 
 
+def _tile(v):
+    """(rows, columns, k step) of one block's output tile in version v (3 or 4)."""
+    return (TS, TS, TS) if v == 3 else (BM, BN, BK)
+
+
 def _igemm(k, v, mode, size, x, w2, g3, out3, groups, og, cg, kh, kw, stride, padding,
            dilation, oh, ow, h, w, chunk=0):
     """Launch version v (3 or 4) of the implicit GEMM; size = (columns, rows, grid z)."""
     cols, rows, z = size
-    if v == 3:
-        grid, block, name = (math.ceil(cols / TS), math.ceil(rows / TS), z), (TS, TS), "tiled"
-    else:
-        grid, block = (math.ceil(cols / BN), math.ceil(rows / BM), z), (BN // TN, BM // TM)
-        name = "regtiled"
+    tile_rows, tile_cols, _ = _tile(v)
+    grid = (math.ceil(cols / tile_cols), math.ceil(rows / tile_rows), z)
+    block, name = ((TS, TS), "tiled") if v == 3 else ((BN // TN, BM // TM), "regtiled")
     k["igemm_" + name][grid, block](mode, x, w2, g3, out3, groups, og, cg, kh, kw, *stride,
                                     *padding, *dilation, oh, ow, h, w, chunk)
 
@@ -477,7 +480,7 @@ def wgrad_slices(version, og, k, groups, r):
     ``chunk`` values (a multiple of the k step; the last may be shorter, none is empty), so that
     versions 3 and 4 launch about SPLITK_BLOCKS blocks, each running at least SPLITK_MIN_STEPS
     k steps (conv_numpy.splitk_plan, as kernels/conv_cupy.py's, with this file's tiles)."""
-    rows, cols, step = (TS, TS, TS) if version == 3 else (BM, BN, BK)
+    rows, cols, step = _tile(version)
     tiles = math.ceil(og / rows) * math.ceil(k / cols) * groups
     return splitk_plan(tiles, r, step, SPLITK_BLOCKS, SPLITK_MIN_STEPS)
 
