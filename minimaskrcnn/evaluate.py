@@ -1,6 +1,6 @@
 """COCO box and mask AP with pycocotools COCOeval, as torchvision's detection references compute it.
 
-    minimaskrcnn evaluate --weights W --data DIR [--config NAME] [--out metrics.json]
+    minimaskrcnn evaluate --weights W --data DIR [--config NAME] [--out FILE.json]
 
 Legend: N: detections in one image; H, W: the original image size.
 
@@ -203,7 +203,13 @@ def main(argv=None) -> int:
         default=None,
         help=f"model config {sorted(configs.CONFIGS)} (default: the one stored in the checkpoint)",
     )
-    p.add_argument("--out", default=None, help="metrics.json path (default: beside the weights)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="metrics JSON path (default: beside the weights, named after them: "
+        "RUN/model_final.npz -> RUN/model_final_metrics.json, so a training run's own "
+        "metrics.json is never overwritten)",
+    )
     p.add_argument("--max-images", type=int, default=None)
     add_backend_args(p)
     a = p.parse_args(argv)
@@ -221,7 +227,8 @@ def main(argv=None) -> int:
     with backends.use(a.kernels) if a.kernels else contextlib.nullcontext():
         metrics = evaluate(model, dataset, max_images=a.max_images)
     metrics.update(weights=str(a.weights), data=str(a.data), config=config)
-    out = Path(a.out) if a.out else Path(a.weights).parent / "metrics.json"
+    weights = Path(a.weights)
+    out = Path(a.out) if a.out else weights.with_name(weights.stem + "_metrics.json")
     write_json_atomic(out, metrics)
     print(f"metrics written to {out}")
     return 0

@@ -16,6 +16,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+# Needs the CUDA toolkit; a machine without it deselects these by name (README), never silently.
+pytestmark = pytest.mark.cuda_toolkit
+
 SCRIPT = r"""
 import numba
 from numba import cuda, types as t

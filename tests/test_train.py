@@ -117,6 +117,12 @@ def test_cli_train_then_evaluate(shapes, tmp_path):
     )
     assert eval_main(args.split() + ["--kernels", "numpy"]) == 0
     assert json.loads((tmp_path / "m.json").read_text())["images"] == 2
+    # without --out: beside the weights, named after them; the run's own metrics.json is kept
+    run_metrics = (out / "metrics.json").read_bytes()
+    args = f"--weights {out / 'model_final.npz'} --data {shapes / 'val'} --max-images 1"
+    assert eval_main(args.split() + ["--kernels", "numpy"]) == 0
+    assert json.loads((out / "model_final_metrics.json").read_text())["images"] == 1
+    assert (out / "metrics.json").read_bytes() == run_metrics
     args = f"--data {tmp_path / 'nothing'} --config r18_fpn_tiny --out {tmp_path / 'd'} --iters 1"
     assert train_main(args.split()) == 2  # a clear message on stderr, no traceback
 
