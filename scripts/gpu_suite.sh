@@ -6,7 +6,7 @@
 #   bash scripts/gpu_suite.sh [OUTDIR [PART ...]]
 #
 # PART: tests, roi, nms, conv, model (default: these five, in that order), so that a machine
-# lent for a limited time can run the suite in pieces; and train (not in the default): issue 6's
+# lent for a limited time can run the suite in pieces; and train (not in the default): the shapes
 # training on the GPU, the CPU measurement's command (docs/train_shapes_results.md) with
 # --backend cupy and an iteration budget, GPU_TRAIN_ITERS (default 899, the iterations the
 # 20-minute CPU run made), then COCO AP on the validation split. A second `train` call resumes
@@ -43,7 +43,8 @@ status=0
 for b in "${parts[@]}"; do
   if [ "$b" = tests ]; then  # the CuPy kernels and every backend on a real device
     python -m pytest -m gpu -q -p no:cacheprovider 2>&1 | tee "$out/gpu_tests.log"
-    status=${PIPESTATUS[0]}
+    rc=${PIPESTATUS[0]}
+    [ "$status" -eq 0 ] && status=$rc  # keep the first failure, as the other parts do
     continue
   fi
   if [ "$b" = train ]; then
