@@ -27,10 +27,10 @@ What else changes against the reference:
 
 * IoU is compared in float64 (the threshold is a double), as torchvision's CPU kernel does.
   (torchvision's CUDA kernel casts the threshold to float instead: see the reference.)
-* The product ``w * h`` goes through ``fmul_rn`` / ``dmul_rn`` (libdevice) on a real GPU: the
-  compiler may otherwise fuse ``area_i + area_j - w * h`` into one FMA, whose single rounding
-  differs from the CPU's two, and a box on the threshold would flip. The simulator has no
-  libdevice (it returns None), and NumPy scalars never fuse, so there it is a plain product.
+* The product ``w * h`` goes through ``fmul_rn`` / ``dmul_rn`` (libdevice) on a real GPU
+  (``kernels/_numba_cuda_rn.py``): the compiler may otherwise fuse ``area_i + area_j - w * h``
+  into one FMA, whose single rounding differs from the CPU's two, and a box on the threshold
+  would flip. In the simulator it is a plain product (NumPy scalars never fuse).
 * Areas are computed before the kernel (a separate elementwise product), for the same reason.
 * Kernels take float32 or float64 (one compiled version per dtype: shared arrays need a constant
   dtype); every index is int32 or int64 and every mask value uint64 explicitly, since the
@@ -45,6 +45,7 @@ import numba
 import numpy as np
 from numba import cuda
 
+from ._numba_cuda_rn import rn_ops
 from .nms_numpy import descending_order
 
 THREADS = 64  # threads per mask block = bits per mask word
@@ -53,28 +54,8 @@ REDUCE_MAX_THREADS = 256  # threads of the single reduction block
 _ONE = numba.uint64(1)
 
 
-def _simulated() -> bool:
-    from .. import backends
-
-    return backends.cuda_simulator()
-
-
-def _make_mul(dtype):
-    """Round-to-nearest product that the compiler cannot fuse into an FMA (see the header)."""
-    if _simulated():
-
-        @cuda.jit(device=True)
-        def mul(a, b):
-            return a * b
-
-        return mul
-    from numba.cuda import libdevice
-
-    return libdevice.fmul_rn if dtype == numba.float32 else libdevice.dmul_rn
-
-
 def _make_mask_kernel(dtype):
-    mul = _make_mul(dtype)
+    mul, _ = rn_ops(dtype)  # a product that is never fused into an FMA (see the header)
 
     @cuda.jit
     def nms_mask(x1, y1, x2, y2, area, n, threshold, mask):

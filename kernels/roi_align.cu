@@ -8,13 +8,27 @@
 //             thread recomputes its RoI's geometry (a few flops), loops over its GH x GW samples,
 //             4 gathers each. Consecutive threads are consecutive pw, so a warp's gathers fall on
 //             a few cache lines of one plane. No shared memory: the op is memory bound (about
-//             1.5 flop per byte, see /work/shared/notes/kernel-performance.md).
+//             1.5 flop per byte against a ~20 flop/byte ridge on an H100).
 //   backward: one thread per grad_out element; each sample does 4 atomicAdd into grad_input
 //             (zeroed by the caller). Float atomics commute only up to rounding, so the gradient
 //             is not bit-reproducible between runs (as torchvision's).
 // Version 2 (forward only) is described above forward_v2 below: a shared-memory sample table
 // per RoI. Every float is the template type T (float or double); extern "C" entry points per
 // dtype and version.
+//
+// No fused multiply-add in a sample's coordinate: nvcc/NVRTC would turn y1 + ph * bin_h into one
+// FMA, whose single rounding moves the coordinate by an ulp (1.5e-5 px near 128) and the value by
+// that times the map's slope, beyond the float32 tolerance against the CPU spec. geometry() and
+// sample() round after every operation with __fmul_rn/__fadd_rn/__fsub_rn (never contracted), as
+// the CPU does; the bilinear sums may still fuse, which moves a value by an ulp of itself only.
+// (The CPU emulator compiles without contraction, so only a GPU can show the difference.)
+
+__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ float add_rn(float a, float b) { return __fadd_rn(a, b); }
+__device__ __forceinline__ float sub_rn(float a, float b) { return __fsub_rn(a, b); }
+__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
+__device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(a, b); }
+__device__ __forceinline__ double sub_rn(double a, double b) { return __dsub_rn(a, b); }
 
 template <typename T>
 __device__ int grid_size(T v) {
@@ -34,10 +48,10 @@ template <typename T>
 __device__ Geometry<T> geometry(const T* roi, T scale, int PH, int PW, int sampling_ratio,
                                 bool aligned) {
   T offset = aligned ? (T)0.5 : (T)0;
-  T x1 = roi[1] * scale - offset;
-  T y1 = roi[2] * scale - offset;
-  T x2 = roi[3] * scale - offset;
-  T y2 = roi[4] * scale - offset;
+  T x1 = sub_rn(mul_rn(roi[1], scale), offset);
+  T y1 = sub_rn(mul_rn(roi[2], scale), offset);
+  T x2 = sub_rn(mul_rn(roi[3], scale), offset);
+  T y2 = sub_rn(mul_rn(roi[4], scale), offset);
   T roi_w = x2 - x1;
   T roi_h = y2 - y1;
   if (!aligned) {  // legacy: malformed RoIs become 1 x 1 (a NaN stays NaN, as std::max)
@@ -52,6 +66,12 @@ __device__ Geometry<T> geometry(const T* roi, T scale, int PH, int PW, int sampl
   g.gh = sampling_ratio > 0 ? sampling_ratio : grid_size(roi_h / (T)PH);
   g.gw = sampling_ratio > 0 ? sampling_ratio : grid_size(roi_w / (T)PW);
   return g;
+}
+
+// Coordinate of sample i of bin p: start + p * bin + (i + 0.5) * bin / grid, in the CPU's roundings.
+template <typename T>
+__device__ T sample(T start, int p, T bin, int i, int grid) {
+  return add_rn(add_rn(start, mul_rn((T)p, bin)), ((T)i + (T)0.5) * bin / (T)grid);
 }
 
 // The bilinear rules for one sample: false when it lies outside (or is NaN).
@@ -99,9 +119,9 @@ __device__ void forward(const T* __restrict__ input, const T* __restrict__ rois,
     const T* plane = input + ((long long)b * C + c) * H * W;  // (H, W)
     T acc = (T)0;
     for (int iy = 0; iy < g.gh; ++iy) {
-      T y = g.y1 + (T)ph * g.bin_h + ((T)iy + (T)0.5) * g.bin_h / (T)g.gh;
+      T y = sample(g.y1, ph, g.bin_h, iy, g.gh);
       for (int ix = 0; ix < g.gw; ++ix) {
-        T x = g.x1 + (T)pw * g.bin_w + ((T)ix + (T)0.5) * g.bin_w / (T)g.gw;
+        T x = sample(g.x1, pw, g.bin_w, ix, g.gw);
         int yl, yh, xl, xh;
         T hy, ly, hx, lx;
         if (corners(y, x, H, W, yl, yh, xl, xh, hy, ly, hx, lx)) {
@@ -147,8 +167,8 @@ __device__ void forward_v2(const T* __restrict__ input, const T* __restrict__ ro
       int iy = (s / g.gw) % g.gh;
       int pw = (s / per_bin) % PW;
       int ph = s / (per_bin * PW);
-      T y = g.y1 + (T)ph * g.bin_h + ((T)iy + (T)0.5) * g.bin_h / (T)g.gh;
-      T x = g.x1 + (T)pw * g.bin_w + ((T)ix + (T)0.5) * g.bin_w / (T)g.gw;
+      T y = sample(g.y1, ph, g.bin_h, iy, g.gh);
+      T x = sample(g.x1, pw, g.bin_w, ix, g.gw);
       int yl, yh, xl, xh;
       T hy, ly, hx, lx;
       if (corners(y, x, H, W, yl, yh, xl, xh, hy, ly, hx, lx)) {
@@ -185,9 +205,9 @@ __device__ void forward_v2(const T* __restrict__ input, const T* __restrict__ ro
       const T* plane = input + ((long long)b * C + c) * H * W;
       T acc = (T)0;
       for (int iy = 0; iy < g.gh; ++iy) {
-        T y = g.y1 + (T)ph * g.bin_h + ((T)iy + (T)0.5) * g.bin_h / (T)g.gh;
+        T y = sample(g.y1, ph, g.bin_h, iy, g.gh);
         for (int ix = 0; ix < g.gw; ++ix) {
-          T x = g.x1 + (T)pw * g.bin_w + ((T)ix + (T)0.5) * g.bin_w / (T)g.gw;
+          T x = sample(g.x1, pw, g.bin_w, ix, g.gw);
           int yl, yh, xl, xh;
           T hy, ly, hx, lx;
           if (corners(y, x, H, W, yl, yh, xl, xh, hy, ly, hx, lx)) {
@@ -221,9 +241,9 @@ __device__ void backward(const T* __restrict__ grad_out, const T* __restrict__ r
     T grad = grad_out[idx];
     T count = (T)(g.gh * g.gw);
     for (int iy = 0; iy < g.gh; ++iy) {
-      T y = g.y1 + (T)ph * g.bin_h + ((T)iy + (T)0.5) * g.bin_h / (T)g.gh;
+      T y = sample(g.y1, ph, g.bin_h, iy, g.gh);
       for (int ix = 0; ix < g.gw; ++ix) {
-        T x = g.x1 + (T)pw * g.bin_w + ((T)ix + (T)0.5) * g.bin_w / (T)g.gw;
+        T x = sample(g.x1, pw, g.bin_w, ix, g.gw);
         int yl, yh, xl, xh;
         T hy, ly, hx, lx;
         if (corners(y, x, H, W, yl, yh, xl, xh, hy, ly, hx, lx)) {  // outside: nothing

@@ -16,6 +16,12 @@ See the reference in kernels/roi_align_numpy.py (its docstring is the spec). Wha
 * Backward: one thread per element of grad_out; each sample adds its 4 weighted gradients with
   ``cuda.atomic.add`` (several outputs touch one pixel). Float atomics run in any order, so the
   gradient is not bit-reproducible run to run (torchvision's CUDA backward has the same property).
+* No fused multiply-adds in a sample's coordinate: on a GPU the compiler would turn
+  ``y1 + ph * bin_h`` into one FMA, whose single rounding moves the coordinate by an ulp
+  (1.5e-5 px near 128) and the value by that times the map's slope, beyond the float32
+  tolerance against the CPU backends. ``sample`` and ``geometry`` use ``rn_ops``
+  (kernels/_numba_cuda_rn.py), rounding like the CPU; the bilinear sums may still fuse, which
+  changes a value by an ulp of itself only.
 * Explicit widths: every float is cast to the input's dtype F (``numba.float32`` or
   ``numba.float64``); the simulator does no type inference, and a float32 * int64 there would be
   float64 (NumPy's promotion), so F(...) is written at every int -> float step. The kernels are
@@ -37,6 +43,8 @@ from numba import cuda
 
 from minimaskrcnn import backends
 
+from ._numba_cuda_rn import rn_ops
+
 THREADS = 128  # per block; the simulator runs one Python thread per CUDA thread
 # version 2: shared-memory table of up to MAX_SAMPLES samples (14 x 14 bins x 2 x 2 samples: the
 # mask head) per block of one RoI and CHANNELS_V2 channels; 784 * (4 int32 + 4 float64) = 37.6 KB
@@ -56,13 +64,15 @@ def _build(F):
             return int(math.ceil(v))
         return 0
 
+    mul, add = rn_ops(F)  # never fused into an FMA: the CPU's roundings (see header)
+
     @cuda.jit(device=True)
     def geometry(rois, k, scale, PH, PW, sampling_ratio, aligned):
         offset = F(0.5) if aligned else F(0)
-        x1 = rois[k, 1] * scale - offset
-        y1 = rois[k, 2] * scale - offset
-        x2 = rois[k, 3] * scale - offset
-        y2 = rois[k, 4] * scale - offset
+        x1 = add(mul(rois[k, 1], scale), -offset)
+        y1 = add(mul(rois[k, 2], scale), -offset)
+        x2 = add(mul(rois[k, 3], scale), -offset)
+        y2 = add(mul(rois[k, 4], scale), -offset)
         roi_w = x2 - x1
         roi_h = y2 - y1
         if not aligned:
@@ -79,6 +89,12 @@ def _build(F):
             gh = grid_size(roi_h / F(PH))
             gw = grid_size(roi_w / F(PW))
         return y1, x1, bin_h, bin_w, gh, gw
+
+    @cuda.jit(device=True)
+    def sample(start, p, bin_size, i, grid):
+        """Coordinate of sample i of bin p: start + p * bin + (i + 0.5) * bin / grid, rounded
+        after every operation as on the CPU."""
+        return add(add(start, mul(F(p), bin_size)), (F(i) + F(0.5)) * bin_size / F(grid))
 
     @cuda.jit(device=True)
     def corners(y, x, H, W):
@@ -123,9 +139,9 @@ def _build(F):
         y1, x1, bin_h, bin_w, gh, gw = geometry(rois, k, scale, PH, PW, sampling_ratio, aligned)
         acc = F(0)
         for iy in range(gh):
-            y = y1 + F(ph) * bin_h + (F(iy) + F(0.5)) * bin_h / F(gh)
+            y = sample(y1, ph, bin_h, iy, gh)
             for ix in range(gw):
-                x = x1 + F(pw) * bin_w + (F(ix) + F(0.5)) * bin_w / F(gw)
+                x = sample(x1, pw, bin_w, ix, gw)
                 ok, yl, yh, xl, xh, hy, ly, hx, lx = corners(y, x, H, W)
                 if ok:
                     acc += ((hy * hx) * input[b, c, yl, xl] + (hy * lx) * input[b, c, yl, xh]
@@ -157,8 +173,8 @@ def _build(F):
                 iy = (s // gw) % gh
                 pw = (s // g) % PW
                 ph = s // (g * PW)
-                y = y1 + F(ph) * bin_h + (F(iy) + F(0.5)) * bin_h / F(gh)
-                x = x1 + F(pw) * bin_w + (F(ix) + F(0.5)) * bin_w / F(gw)
+                y = sample(y1, ph, bin_h, iy, gh)
+                x = sample(x1, pw, bin_w, ix, gw)
                 ok, yl, yh, xl, xh, hy, ly, hx, lx = corners(y, x, H, W)
                 if ok:
                     idx[s, 0], idx[s, 1], idx[s, 2], idx[s, 3] = yl, yh, xl, xh
@@ -184,9 +200,9 @@ def _build(F):
                 pw = j % PW
                 acc = F(0)
                 for iy in range(gh):
-                    y = y1 + F(ph) * bin_h + (F(iy) + F(0.5)) * bin_h / F(gh)
+                    y = sample(y1, ph, bin_h, iy, gh)
                     for ix in range(gw):
-                        x = x1 + F(pw) * bin_w + (F(ix) + F(0.5)) * bin_w / F(gw)
+                        x = sample(x1, pw, bin_w, ix, gw)
                         ok, yl, yh, xl, xh, hy, ly, hx, lx = corners(y, x, H, W)
                         if ok:
                             acc += ((hy * hx) * input[b, c, yl, xl]
@@ -213,9 +229,9 @@ def _build(F):
         g = grad_out[k, c, ph, pw]
         count = F(gh * gw)
         for iy in range(gh):
-            y = y1 + F(ph) * bin_h + (F(iy) + F(0.5)) * bin_h / F(gh)
+            y = sample(y1, ph, bin_h, iy, gh)
             for ix in range(gw):
-                x = x1 + F(pw) * bin_w + (F(ix) + F(0.5)) * bin_w / F(gw)
+                x = sample(x1, pw, bin_w, ix, gw)
                 ok, yl, yh, xl, xh, hy, ly, hx, lx = corners(y, x, H, W)
                 if ok:  # outside samples add nothing
                     cuda.atomic.add(grad_in, (b, c, yl, xl), g * (hy * hx) / count)

@@ -8,8 +8,8 @@ for its compute capability when it compiles device functions, so the script answ
 
 Every kernel of the RoI ops, NMS and the convolution ladder is compiled with the argument types
 its host code launches it with (Python ints are int64, arrays C-contiguous), for float32 and
-float64, and the script prints, per kernel, how many float32 -> float64 conversions and how
-many float64 instructions the PTX holds.
+float64, and the script prints, per kernel, how many float32 -> float64 conversions, how
+many float64 instructions and how many fused multiply-adds the PTX holds.
 """
 
 import os
@@ -65,7 +65,7 @@ for F in (numba.float32, numba.float64):
     ]
     for name, fn, sig in kernels:
         ptx, _ = cuda.compile_ptx(getattr(fn, "py_func", fn), sig, cc=(8, 0))
-        print(name, F, ptx.count("cvt.f64.f32"), ptx.count(".f64"))
+        print(name, F, ptx.count("cvt.f64.f32"), ptx.count(".f64"), ptx.count("fma.rn."))
 """
 
 
@@ -80,8 +80,15 @@ def test_numba_cuda_kernels_compile_to_ptx():
     # float32 RoIAlign stays float32 in the sample loop: the only float64 conversions are the two
     # per-thread grid-size range checks (against 2**31 - 1, which float32 cannot hold)
     assert all(rows[f"align_{v} float32"][0] <= 2 for v in ("fwd", "bwd", "fwd2")), proc.stdout
+    # RoIAlign's sample coordinates are never fused into an FMA (kernels/_numba_cuda_rn.py): the
+    # backward has no other multiply-add, so it holds none; the forwards keep only those of their
+    # bilinear sums (9 and 18 here; 11 and 22 when the coordinates were fused)
+    for F in ("float32", "float64"):
+        assert rows[f"align_bwd {F}"][2] == 0, proc.stdout
+        assert rows[f"align_fwd {F}"][2] < 11 and rows[f"align_fwd2 {F}"][2] < 22, proc.stdout
+        assert rows[f"nms_mask {F}"][2] == 0, proc.stdout  # the IoU in the CPU's roundings
     # the float32 convolution kernels hold no float64 arithmetic at all
-    conv32 = {k: v for k, v in rows.items() if k.startswith("conv_") and k.endswith("float32")}
+    conv32 = {k: v[:2] for k, v in rows.items() if k.startswith("conv_") and k.endswith("float32")}
     assert len(conv32) == 9 and all(v == (0, 0) for v in conv32.values()), conv32
     # NMS compares IoU with the threshold in float64 (as torchvision's C++ does), nothing more
     assert rows["nms_mask float32"][0] >= 1, proc.stdout
