@@ -35,12 +35,13 @@
 # # where torch and internet are available:
 # m = torchvision.models.detection.maskrcnn_resnet50_fpn(weights="DEFAULT")
 # torch.save(m.state_dict(), "maskrcnn_coco.pth")
-# # here:
-# from minimaskrcnn.models import maskrcnn_resnet50_fpn
-# model = maskrcnn_resnet50_fpn(weights="maskrcnn_coco.pth").eval()   # FrozenBatchNorm2d, eps 0
 # ```
 #
-# the same notebook shows real objects (`minimaskrcnn predict photo.jpg --weights ...` draws them).
+# run this notebook with `MINIMASKRCNN_WEIGHTS=maskrcnn_coco.pth`: both models then load that
+# file (as torchvision loads its COCO weights: FrozenBatchNorm2d, eps 0), every comparison below
+# stays the same, and the pictures show real objects. In your own code,
+# `minimaskrcnn.models.maskrcnn_resnet50_fpn(weights="maskrcnn_coco.pth")` loads it, and
+# `minimaskrcnn predict photo.jpg --weights maskrcnn_coco.pth` draws what it finds.
 #
 # Shapes: N images, C = 256 FPN channels, H x W the padded batch, P proposals, K detections.
 
@@ -69,7 +70,9 @@ torch.set_num_threads(os.cpu_count() or 1)
 MIN_SIZE, MAX_SIZE = (320, 533) if QUICK else (800, 1333)
 KW = dict(box_detections_per_img=30) if QUICK else {}
 t_start = time.perf_counter()
-ref, model = build_pair(MIN_SIZE, MAX_SIZE, **KW)  # torchvision's model, ours: same weights
+WEIGHTS = os.environ.get("MINIMASKRCNN_WEIGHTS")  # a torchvision state dict (.pth), or random
+# torchvision's model, ours: the same weights
+ref, model = build_pair(MIN_SIZE, MAX_SIZE, weights=WEIGHTS, **KW)
 image = sample_image()  # (3, 600, 512) float32 in [0, 1]: matplotlib's grace_hopper.jpg
 timage = torch.from_numpy(image)
 
@@ -98,8 +101,8 @@ print(f"image {image.shape}, min_size {MIN_SIZE}, max_size {MAX_SIZE}")
 # resizes with bilinear interpolation so that the short side becomes `min_size` (unless the long
 # side would pass `max_size`): `s = min(800 / min(h, w), 1333 / max(h, w))`, new size
 # `floor(h * s) x floor(w * s)`. The batch is zero-padded at the bottom and right to multiples of
-# 32, so that every FPN level (strides 4..64) has a whole number of cells; `image_sizes` remembers
-# the real size.
+# 32, so that levels '0'..'3' (strides 4..32) have a whole number of cells ('pool', at stride 64,
+# rounds up); `image_sizes` remembers the real size.
 
 # %%
 with no_grad():
@@ -301,10 +304,11 @@ draw_detections(
     ax,
     shown.transpose(2, 0, 1),
     {"boxes": b, "scores": arr(scores[0]), "labels": arr(labels[0])},
-    score_thresh=0.0,
+    score_thresh=0.5 if WEIGHTS else 0.0,  # trained weights: the confident ones, as predict
     max_labels=10,
 )
-ax.set_title("detections (random weights: the labels mean nothing)")
+ax.set_title("detections, score >= 0.5" if WEIGHTS
+             else "detections (random weights: the labels mean nothing)")
 savefig(fig, "04_6_detections.png")
 
 # %% [markdown]

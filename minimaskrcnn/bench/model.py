@@ -2,7 +2,8 @@
 
 Both models get the same seeded random weights (torchvision's are built with a seed and copied into
 ours), with the class and mask logits scaled up so that the heads see a realistic workload (100
-detections with masks, as a trained model on a busy photo) instead of random weights' nothing.
+detections with masks, as a trained model on a busy photo) instead of random weights' nothing;
+or, with ``--weights FILE.pth``, both load that torchvision state dict (its COCO weights, say).
 The image is matplotlib's sample photo (grace_hopper.jpg, no download), resized by the transform
 to ``--min-size``.
 
@@ -36,13 +37,20 @@ def sample_image() -> np.ndarray:
     return np.ascontiguousarray(rgb.transpose(2, 0, 1))
 
 
-def build_pair(min_size: int, max_size: int, seed: int = 0, **kwargs):
-    """(torchvision model, our model) in eval mode with identical weights (see module docstring)."""
+def build_pair(min_size: int, max_size: int, seed: int = 0, weights=None, **kwargs):
+    """(torchvision model, our model) in eval mode with identical weights (see module docstring).
+
+    ``weights``: None for the seeded random weights above, or the path of a torchvision state dict
+    (``torch.save(maskrcnn_resnet50_fpn(weights="DEFAULT").state_dict(), "maskrcnn_coco.pth")``):
+    then both models load it as torchvision loads its COCO weights (FrozenBatchNorm2d, eps 0).
+    """
     import torch
     import torchvision
 
     from ..models import maskrcnn_resnet50_fpn
 
+    if weights is not None:
+        return _load_pair(weights, min_size, max_size, **kwargs)
     torch.manual_seed(seed)
     ref = torchvision.models.detection.maskrcnn_resnet50_fpn(
         weights=None, weights_backbone=None, min_size=min_size, max_size=max_size, **kwargs
@@ -64,6 +72,31 @@ def build_pair(min_size: int, max_size: int, seed: int = 0, **kwargs):
     ).eval()
     ours.load_state_dict({k: v.numpy() for k, v in ref.state_dict().items()})
     return ref, ours
+
+
+def _load_pair(path, min_size, max_size, **kwargs):
+    """Both models from one torchvision state dict, built as maskrcnn_resnet50_fpn(weights=...)
+    builds torchvision's (without its download): frozen BatchNorm with eps 0."""
+    import torch
+    from torchvision.models import resnet50
+    from torchvision.models.detection import MaskRCNN
+    from torchvision.models.detection._utils import overwrite_eps
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+    from torchvision.ops import FrozenBatchNorm2d
+
+    from ..models import maskrcnn_resnet50_fpn
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("model", state)  # a torchvision reference-script checkpoint holds it there
+    num_classes = state["roi_heads.box_predictor.cls_score.weight"].shape[0]
+    backbone = _resnet_fpn_extractor(resnet50(weights=None, norm_layer=FrozenBatchNorm2d), 3)
+    ref = MaskRCNN(backbone, num_classes=num_classes, min_size=min_size, max_size=max_size,
+                   **kwargs)
+    ref.load_state_dict(state)
+    overwrite_eps(ref, 0.0)
+    ours = maskrcnn_resnet50_fpn(weights=str(path), min_size=min_size, max_size=max_size,
+                                 **kwargs)
+    return ref.eval(), ours.eval()
 
 
 def _stages(model, images, torch_mod, sync):
@@ -107,6 +140,12 @@ def main(argv=None) -> int:
     p.add_argument("--repeat", type=int, default=3, help="timed runs of the whole model (median)")
     p.add_argument("--no-stages", action="store_true", help="skip the per-stage breakdown")
     p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument(
+        "--weights",
+        default=None,
+        help="a torchvision Mask R-CNN state dict (.pth) for both models, e.g. its COCO weights "
+        "saved once with torch.save(model.state_dict(), ...) (default: seeded random weights)",
+    )
     args = p.parse_args(argv)
 
     import torch
@@ -116,7 +155,7 @@ def main(argv=None) -> int:
     threads = os.cpu_count() or 1
     torch.set_num_threads(threads)
     image = sample_image()
-    ref, ours = build_pair(args.min_size, args.max_size)
+    ref, ours = build_pair(args.min_size, args.max_size, weights=args.weights)
     timg = torch.from_numpy(image)
     if args.device == "gpu":
         import cupy
@@ -185,6 +224,8 @@ def main(argv=None) -> int:
         "machine": machine_description(),
         "min_size": args.min_size,
         "device": args.device,
+        "repeat": args.repeat,
+        "weights": args.weights or "seeded random",
         "torchvision_s": t_ref.median_s,
         "ours_s": t_ours.median_s,
         "ratio": t_ours.median_s / t_ref.median_s,
