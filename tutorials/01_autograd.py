@@ -9,7 +9,8 @@
 # %% [markdown]
 # # 01 · autograd-lite from scratch
 #
-# Every gradient in minimaskrcnn comes from about 200 lines in `minimaskrcnn/tensor.py`. This
+# Every gradient in minimaskrcnn comes from `minimaskrcnn/tensor.py`: a few hundred lines of
+# mechanism (Tensor, Function, the backward walk), then one short `Function` per op. This
 # tutorial takes them apart: what a graph is, how `backward()` walks it, why gradients
 # *accumulate*, what broadcasting does to a gradient — and checks every number against torch.
 # At the end a tiny classifier is fitted with SGD in both libraries from the same weights; the two
@@ -93,9 +94,10 @@ assert np.allclose(a.grad, ta.grad.numpy())
 # %% [markdown]
 # ## 4. Broadcasting's backward
 #
-# `x + bias` with `x` of shape (N, F) and `bias` of shape (F,) copies `bias` to every row.
+# `x + bias` with `x` of shape (N, F) and `bias` of shape (1, 1) copies `bias` to every element.
 # Copying forward means *summing* backward: `bias.grad` is the sum of the output gradient over
-# the broadcast axis. `unbroadcast(grad, shape)` does it for any shapes.
+# the broadcast axes (here both), and `col` of shape (N, 1), copied along the columns, gets the
+# sum over axis 1. `unbroadcast(grad, shape)` does it for any shapes.
 
 # %%
 xs = Tensor(np.arange(6.0).reshape(3, 2), requires_grad=True)  # (N=3, F=2)
@@ -203,5 +205,8 @@ print("wrote", OUT / "01_autograd_loss_curve.png")
 #
 # * `minimaskrcnn/tensor.py` — the whole mechanism; each op is a `Function` of a dozen lines.
 # * `tests/test_tensor.py` — every op against torch autograd and central differences.
-# * `tutorials/02_*` onwards — the ops Mask R-CNN is built from (convolution, RoIAlign, NMS).
+# * `tutorials/02_*` onwards — the ops Mask R-CNN is built from (RoIAlign in 02, convolution in
+#   03; for NMS read `kernels/nms_numpy.py` and run `minimaskrcnn bench nms`).
+
+# %%
 print("backends here:", mm.backends.available())

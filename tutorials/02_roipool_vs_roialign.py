@@ -42,6 +42,11 @@ import torchvision
 from minimaskrcnn import backends, ops
 from minimaskrcnn.tensor import Tensor
 
+# Without a GPU, Numba's CUDA kernels run in its simulator (section 4's `numba` row): that must be
+# chosen before numba is first imported, which happens at the first kernel call.
+if not backends.cupy_available():
+    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+
 matplotlib.use(os.environ.get("MPLBACKEND", "Agg"))
 OUT = Path(os.environ.get("MINIMASKRCNN_OUT", "."))
 OUT.mkdir(parents=True, exist_ok=True)

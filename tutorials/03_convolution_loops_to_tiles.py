@@ -167,15 +167,19 @@ for backend in ["numpy", "cpu"]:
 #    16x16 tile of `cols` into shared memory — the `cols` tile gathered from the image on the fly,
 #    never stored — then every thread does 16 multiply-adds from shared memory. Each global load is
 #    reused 16 times.
-# 4. **regtiled** — each thread computes an 8x8 block of outputs (CUDA C: 128x128 per block of
-#    256 threads) in registers: per step it reads 8 + 8 values from shared memory for 64
-#    multiply-adds. Weights come in as float4, and the shared tiles are double-buffered so the
-#    next tile's loads overlap the current tile's arithmetic.
+# 4. **regtiled** — each thread accumulates a TM x TN block of outputs in registers: per k step
+#    it reads TM + TN values from shared memory for TM * TN multiply-adds. In CUDA C, 8x8 per
+#    thread (a 128x128 tile per block of 256 threads), weights loaded as float4, and the shared
+#    tiles double-buffered so the next tile's loads overlap the current tile's arithmetic. In
+#    Numba (the ladder this tutorial checks below), 4x4 per thread (a 32x32 tile per block of 64
+#    threads), without float4 loads or double buffering: those two steps are in the CUDA C
+#    ladder only (tuning them needs a GPU to measure on).
 #
 # The backward pass is two more products of the same kind. grad_input is a transposed
 # convolution: the same kernels with the gather read the other way. grad_weight is
 # `grad_out (Og, L) @ cols^T (L, K)` summed over the batch, a GEMM whose reduction runs over
-# every output position of every image (27,200 for an FPN 3x3 on two 800x1088 images) while its
+# every output position of every image (27,200 for the stride-8 FPN 3x3, 100x136 positions, on
+# two 800x1088 images) while its
 # output is small (256 x 2304 is 36 tiles): too few blocks to fill a GPU. Versions 3 and 4 (in
 # CUDA C and in Numba) therefore cut the reduction into slices, one block per (tile, slice), and
 # add the slices' partial sums in a fixed order afterwards ("split-K"; `wgrad_slices` in
@@ -186,8 +190,8 @@ for backend in ["numpy", "cpu"]:
 from minimaskrcnn.kernels import conv_cupy  # noqa: E402  (imports no CuPy until a launch)
 
 s_fpn, chunk_fpn = conv_cupy.wgrad_slices(4, 256, 2304, 1, 2 * 13600)
-print(f"FPN 3x3 layer, 2 images: the reduction of {2 * 13600} positions in {s_fpn} slices "
-      f"of {chunk_fpn}, so {s_fpn} x 36 = {36 * s_fpn} blocks instead of 36")
+print(f"FPN 3x3 layer at stride 8, 2 images: the reduction of {2 * 13600} positions in "
+      f"{s_fpn} slices of {chunk_fpn}, so {s_fpn} x 36 = {36 * s_fpn} blocks instead of 36")
 x = rng.standard_normal((2, 3, 9, 7))
 w = rng.standard_normal((4, 3, 3, 3))
 g = rng.standard_normal((2, 4, 9, 7))  # grad_out of the padding-1 conv

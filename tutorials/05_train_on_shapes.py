@@ -24,6 +24,9 @@
 # 4. **predictions** on validation images;
 # 5. **COCO AP** with pycocotools, the table every detection paper reports.
 #
+# Tutorial 06 shows what each loss is computed on (sampled anchors, proposals, the 28 x 28 mask
+# targets) for the same config: read it first if the losses are new to you.
+#
 # `MINIMASKRCNN_QUICK=1` (what CI sets) trains the tiny config for a few iterations only: the
 # plumbing runs, the model learns nothing. Without it the `r18_fpn_cpu` config trains for
 # `TRAIN_MINUTES` minutes (default 20) in this process. The README's measured run is the same

@@ -18,10 +18,11 @@
 #
 # 1. **RPN**: every anchor is matched to the ground truth (IoU >= 0.7 positive, < 0.3 negative,
 #    in between ignored, plus each object's best anchors even below 0.7), then 256 anchors per
-#    image are sampled, at most half of them positive (the small config samples 128);
+#    image are sampled, at most half of them positive (`r18_fpn_cpu`, the config tutorial 05
+#    trains and this one builds, samples 128);
 # 2. **box head**: the RPN's proposals plus the ground-truth boxes are matched again (IoU >= 0.5
 #    positive: the object's class; below: background), and 512 RoIs are sampled with at most 25%
-#    positives (128 in the small config);
+#    positives (64 in `r18_fpn_cpu`);
 # 3. **mask head**: each positive RoI gets a 28 x 28 target, the ground-truth mask of its object
 #    resampled inside the RoI by RoIAlign.
 #
@@ -97,12 +98,12 @@ fig.savefig(OUT / "06_targets.png", dpi=100)
 
 # %% [markdown]
 # ## 1. The RPN: anchors, matched and sampled
-# The small config puts one anchor size per FPN level (16, 32, 64, 128, 256 pixels, strides 4 to
+# The CPU config puts one anchor size per FPN level (16, 32, 64, 128, 256 pixels, strides 4 to
 # 64) and three aspect ratios: R anchors in all. The anchor generator only needs the batch size
 # and the feature maps' sizes, so zeros stand in for the features here.
 
 # %%
-model = configs.build("r18_fpn_small", num_classes=len(ds.class_names), seed=0)
+model = configs.build("r18_fpn_cpu", num_classes=len(ds.class_names), seed=0)
 H, W = image.shape[1:]
 strides = (4, 8, 16, 32, 64)
 feats = [np.zeros((1, 1, -(-H // s), -(-W // s)), np.float32) for s in strides]

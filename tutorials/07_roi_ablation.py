@@ -10,11 +10,11 @@
 # %% [markdown]
 # # RoIPool vs RoIWarp vs RoIAlign: the ablation
 #
-# The Mask R-CNN paper (He et al., 2017, Table 2c) replaced RoIPool by RoIAlign and measured the
-# gain in mask AP, most at high IoU (AP75) and at a coarse stride-32 feature. This tutorial is the
-# **numerical half** of that ablation: no training, just the operators on a feature map whose
-# right answer we can compute exactly. (The training half is the last section: the same model
-# trained with each operator.)
+# The Mask R-CNN paper (He et al., 2017, Tables 2c and 2d) replaced RoIPool by RoIAlign and
+# measured the gain in mask AP, most at high IoU (AP75) and at a coarse stride-32 feature. This
+# tutorial is the **numerical half** of that ablation: no training, just the operators on a
+# feature map whose right answer we can compute exactly. (The training half is the last
+# section: the same model trained with each operator.)
 #
 # Three operators turn a box into a 7 x 7 grid of features:
 #
@@ -146,15 +146,30 @@ for m in (2, 4, 8, 16, 32):
 # %%
 rows = compare_roi.numeric(OUT, quick=QUICK)
 
+# %%
+def show(name):
+    """A figure of OUT inline in a notebook; its path when this runs as a script."""
+    try:
+        from IPython.display import Image, display
+
+        get_ipython  # noqa: B018  (defined only inside IPython / Jupyter)
+    except (ImportError, NameError):
+        print("figure:", OUT / name)
+        return
+    display(Image(filename=str(OUT / name)))
+
+
+show("compare_roi_shift.png")
+
 # %% [markdown]
-# ![shift](compare_roi_shift.png)
-#
 # Top row: the centre bin while the box slides right by two feature pixels. RoIAlign (blue)
 # follows the exact curve (dashed); RoIPool and RoIWarp hold still and then jump whenever a
 # rounded corner snaps to the next pixel: the staircase. `aligned=False` is smooth but shifted by
 # half a pixel. Bottom row: the centroid of the gradient minus the bin's true centre: zero for
-# RoIAlign, a constant s/2 for `aligned=False`, and a sawtooth of up to a whole stride for the
-# rounding operators: during training the loss is sent to the wrong pixels.
+# RoIAlign, a constant s/2 for `aligned=False`, and a sawtooth for the rounding operators: up to
+# a whole stride for RoIWarp, and more for RoIPool, whose gradient goes to whichever pixel wins
+# each max (1 to 3 strides in the table above). During training the loss is sent to the wrong
+# pixels.
 
 # %%
 by = {(r["stride"], r["operator"]): r for r in rows}
@@ -162,14 +177,16 @@ for s in compare_roi.STRIDES:
     errs = {name: by[s, name]["rms_err"] for name in compare_roi.OPERATORS}
     assert min(errs, key=errs.get) == "RoIAlign", errs  # the exact-coordinate operator wins
     assert by[s, "RoIAlign"]["flat_steps"] == 0 and by[s, "RoIPool"]["flat_steps"] > 0
-# rounding costs more at coarser strides (in image pixels the error is up to stride / 2)
+# rounding costs more at coarser strides (in image pixels RoIWarp's bin edges are off by up to one
+# stride: stride / 2 from rounding the corners plus the half-pixel convention)
 assert by[32, "RoIWarp"]["edge_mean_px"] > by[4, "RoIWarp"]["edge_mean_px"]
 assert by[32, "RoIWarp"]["rms_err"] > by[4, "RoIWarp"]["rms_err"]
 print("findings hold: RoIAlign is closest at every stride; rounding hurts more at stride 32")
 
+# %%
+show("compare_roi_error.png")
+
 # %% [markdown]
-# ![error](compare_roi_error.png)
-#
 # The direction matches the paper's Table 2c/2d: the gap between RoIAlign and the rounding
 # operators grows with the stride, which is why the paper saw the largest AP gain at stride 32.
 # The distance of RoIPool also contains the difference between a max and an average, so its
@@ -194,10 +211,12 @@ print("findings hold: RoIAlign is closest at every stride; rounding hurts more a
 # leads for both seeds at c4 (mask AP 30.7 against RoIPool's 17.4 and RoIWarp's 16.9; 31.2
 # against 12.2 at AP75), at c5 (3.7 against 1.6) and with the FPN (48.9 against 45.0, and 52.2
 # against 45.5 at AP75, while RoIPool is ahead at AP50). Without quick mode this
-# cell runs the same ablation in this process: 1000 shapes images of 128 pixels,
-# `r18_fpn_cpu`, c4/c5/fpn x 3 operators x 2 seeds, 3 minutes of training each (about 70
-# minutes in all on 2 cores). In a notebook
-# `"--workers", "2"` may be added; a script would need an `if __name__ == "__main__":` guard.
+# cell runs the committed 3-minute table's settings in this process: 1000 shapes images of 128
+# pixels, `r18_fpn_cpu`, c4/c5/fpn x 3 operators x 2 seeds, batch 16, 3 minutes of training each
+# (about 70 minutes in all on 2 cores), but in one process where the table used two worker
+# processes (`--workers 2`), so each run makes about half the iterations and the APs come out
+# lower. In a notebook `"--workers", "2"` may be added to match; a script would need an
+# `if __name__ == "__main__":` guard for it.
 
 # %%
 from minimaskrcnn import ablation  # noqa: E402
@@ -213,7 +232,7 @@ if QUICK:
               "--kernels", "numpy", "--config", "r18_fpn_tiny"]
 else:
     write_dataset(data, 1000, 100, seed=2026, size=128, overwrite=True, progress=False)
-    budget = ["--minutes", "3", "--warmup-iters", "30", "--batch-size", "8", "--lr", "0.04",
+    budget = ["--minutes", "3", "--warmup-iters", "30", "--batch-size", "16", "--lr", "0.04",
               "--config", "r18_fpn_cpu"]
 args = ["train", "--data", str(data / "train"), "--val", str(data / "val"),
         "--features", ",".join(FEATURES), "--ops", ",".join(OPS),
