@@ -1,8 +1,8 @@
 """Train Mask R-CNN on COCO-format data: ``minimaskrcnn train``.
 
     minimaskrcnn shapes --out shapes --train 1000 --val 100 --seed 2026
-    minimaskrcnn train --data shapes/train --val shapes/val --config r18_fpn_small --out runs/a \\
-        --minutes 20
+    minimaskrcnn train --data shapes/train --val shapes/val --config r18_fpn_cpu --out runs/a \\
+        --minutes 20 --batch-size 16 --lr 0.06 --workers 2      # the README's 20-minute run
     minimaskrcnn train ... --out runs/a --resume          # continue an interrupted run
     minimaskrcnn train ... --workers 2                    # data-parallel on 2 processes
 

@@ -18,7 +18,7 @@ torchvision's CPU RoI kernels are single-threaded whatever ``torch.get_num_threa
 
 On a GPU (``--device gpu``): device time between CUDA events, plus the achieved bandwidth as a
 share of the device-to-device copy bandwidth measured in the same run. Bytes are counted as each
-input read once and each output written once (kernel-performance.md): forward reads the part of
+input read once and each output written once (the roofline convention): forward reads the part of
 the map the RoIs touch (C x the union of their footprints) and the RoIs, writes K x C x PH x PW;
 backward reads grad_out and the RoIs and writes the whole grad_input (it is zeroed and
 scattered into; the zeroing is counted in the time, not in the bytes).
