@@ -14,7 +14,7 @@ import _fake_cupy
 import numpy as np
 import pytest
 import torch
-from minimaskrcnn.kernels import _cupy_loader, conv_numba_cuda
+from minimaskrcnn.kernels import _cupy_loader, conv_numba_cuda, roi_align_numba_cuda
 
 from minimaskrcnn.bench import _timing
 from minimaskrcnn.bench import conv as bench_conv
@@ -50,7 +50,9 @@ def _filled(rows, columns):
 
 
 def test_bench_nms_gpu_rows():
-    rows = bench_nms._gpu_rows([70], repeat=1)  # 70 boxes: two 64-box column blocks
+    failures = _timing.Failures()
+    rows = bench_nms._gpu_rows([70], repeat=1, failures=failures)  # 70 boxes: two 64-box blocks
+    assert failures.report() == 0, failures.errors
     assert [(r["op"], r["backend"]) for r in rows] == [
         (op, b) for op in ("nms", "batched_nms") for b in ("torchvision (CUDA)", "cupy", "numba")
     ]
@@ -63,7 +65,9 @@ def test_bench_nms_gpu_rows():
 
 def test_bench_roi_gpu_rows(monkeypatch):
     monkeypatch.setitem(bench_roi.WORKLOADS, "tiny", (1, 4, 10, 12, 6, 2, 2, True, 0.25))
-    rows = bench_roi.bench_gpu(["tiny"], True)
+    failures = _timing.Failures()
+    rows = bench_roi.bench_gpu(["tiny"], True, failures)
+    assert failures.report() == 0, failures.errors
     backends_per_pass = {(r["op"], r["pass_"]): [] for r in rows}
     for r in rows:
         backends_per_pass[(r["op"], r["pass_"])].append(r["backend"])
@@ -81,11 +85,32 @@ def test_bench_roi_gpu_rows(monkeypatch):
 def test_bench_conv_gpu_layer_rows(monkeypatch):
     # Numba's versions 2-4 take minutes in the simulator: its naive version stands for them here.
     monkeypatch.setattr(conv_numba_cuda, "VERSIONS", {"naive": 1})
-    args = argparse.Namespace(repeat=1, naive_max_gflop=200.0)
+    args = argparse.Namespace(repeat=1, naive_max_gflop=200.0, failures=_timing.Failures())
     rows = bench_conv._gpu_layer(("tiny 3x3", 4, 8, 3, 1, 9, 11, 1), 1, args)
+    assert args.failures.report() == 0, args.failures.errors
     assert [r["method"] for r in rows] == [
         "cuDNN TF32 off", "cuDNN TF32 on", "cupy 1 naive", "cupy 2 im2col (+cuBLAS)",
         "cupy 3 tiled", "cupy 4 regtiled", "numba 1 naive",
     ]
     _filled(rows, bench_conv.GPU_COLUMNS + ["dgrad_ms", "wgrad_ms"])
     assert torch.backends.cudnn.allow_tf32 is False  # left off for whatever runs next
+
+
+def test_a_backend_that_raises_costs_only_its_own_rows(monkeypatch, capsys):
+    """On a first GPU run a backend may fail for reasons no emulator shows (Numba not finding
+    libNVVM, say): the benchmark keeps every other backend's rows and exits non-zero."""
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("libNVVM cannot be found")
+
+    monkeypatch.setattr(roi_align_numba_cuda, "forward", broken)
+    monkeypatch.setitem(bench_roi.WORKLOADS, "tiny", (1, 4, 10, 12, 6, 2, 2, True, 0.25))
+    failures = _timing.Failures()
+    rows = bench_roi.bench_gpu(["tiny"], True, failures)
+    got = {(r["op"], r["pass_"], r["backend"]) for r in rows}
+    assert ("roi_align", "forward", "cupy") in got and ("roi_pool", "forward", "numba") in got
+    assert not any(op == "roi_align" and b.startswith("numba") for op, _, b in got)
+    assert failures.report() == 1
+    out = capsys.readouterr().out
+    assert "tiny roi_align numba: RuntimeError: libNVVM cannot be found" in out
+    assert "tiny roi_align numba-v2" in out

@@ -47,8 +47,9 @@ for F in (numba.float32, numba.float64):
         ("align_fwd2", afwd2, (A4, A2, F, I, I, I, t.boolean, A4)),
         ("pool_fwd", pfwd, (A4, A2, F, F, A4, I4)),
         ("pool_bwd", pbwd, (A4, I4, A2, A4)),
-        ("nms_mask", nm._mask_kernel(F.name), (A1, A1, A1, A1, A1, I, t.float64, M64)),
-        ("nms_reduce", nm.nms_reduce, (M64, I, U64, U8)),
+        # n is launched as np.int32 (nms_numba_cuda.nms): that specialization is the one to type
+        ("nms_mask", nm._mask_kernel(F.name), (A1, A1, A1, A1, A1, t.int32, t.float64, M64)),
+        ("nms_reduce", nm.nms_reduce, (M64, t.int32, U64, U8)),
     ]
     kernels += [
         ("conv_" + name, conv[name], sig) for name, sig in (

@@ -74,6 +74,31 @@ def time_gpu(fn, warmup: int = 3, repeat: int = 20) -> Timing:
     return _summ(samples)
 
 
+class Failures:
+    """Backends of a GPU benchmark that raised, so that one broken backend costs only its own rows.
+
+    ``failures.run(label, fn, *args)`` returns ``fn(*args)``, or None after recording the error
+    (the first per label); ``report()`` prints them after the table and returns the exit status
+    (1 if any failed). A CUDA error that kills the context still stops everything after it.
+    """
+
+    def __init__(self):
+        self.errors: dict[str, str] = {}
+
+    def run(self, label, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - recorded and reported; the other backends go on
+            self.errors.setdefault(label, f"{type(e).__name__}: {e}".splitlines()[0][:300])
+            print(f"FAILED {label}: {self.errors[label]}", flush=True)
+            return None
+
+    def report(self) -> int:
+        for label, err in self.errors.items():
+            print(f"failed, no rows: {label}: {err}")
+        return 1 if self.errors else 0
+
+
 def copy_bandwidth_gbs(nbytes: int = 1 << 28, repeat: int = 10) -> float:
     """Device-to-device copy bandwidth in GB/s (read + write counted), measured now with CuPy."""
     import cupy

@@ -226,6 +226,9 @@ def main(argv=None) -> int:
         "device": args.device,
         "repeat": args.repeat,
         "weights": args.weights or "seeded random",
+        # torchvision's side on a GPU: cuDNN may run float32 convolutions in TF32 (its default)
+        "torch_cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+        "torch_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
         "torchvision_s": t_ref.median_s,
         "ours_s": t_ours.median_s,
         "ratio": t_ours.median_s / t_ref.median_s,

@@ -21,7 +21,7 @@ from functools import partial
 import numpy as np
 
 from .. import backends
-from ._timing import format_table, machine_description, time_call, time_gpu
+from ._timing import Failures, format_table, machine_description, time_call, time_gpu
 
 IMAGE = (800, 1216)  # (height, width)
 
@@ -89,7 +89,21 @@ def _cpu_rows(sizes, repeat):
     return rows
 
 
-def _gpu_rows(sizes, repeat):
+def _gpu_row(op, n, name, fn, ref_keep, t_ref, pub, repeat, sync):
+    import cupy
+
+    keep = cupy.asnumpy(fn())
+    if not np.array_equal(keep, ref_keep):
+        # torchvision's CUDA kernel compares IoU in float32: report, do not hide it
+        print(f"note: {op} {name} n={n} differs from torchvision CUDA "
+              f"({len(keep)} vs {len(ref_keep)} kept)")
+    t_host = time_call(fn, warmup=3, repeat=repeat, sync=sync)
+    t_dev = time_gpu(fn, warmup=3, repeat=repeat)
+    return dict(op=op, n=n, backend=name, host_ms=t_host.ms, device_ms=t_dev.ms,
+                speedup=t_ref.median_s / t_host.median_s, published_ms=pub, kept=len(keep))
+
+
+def _gpu_rows(sizes, repeat, failures):
     import cupy
     import torch
 
@@ -106,16 +120,10 @@ def _gpu_rows(sizes, repeat):
             rows.append(dict(op=op, n=n, backend="torchvision (CUDA)", host_ms=t_ref.ms,
                              device_ms=None, speedup=1.0, published_ms=pub, kept=len(ref_keep)))
             for name in ("cupy", "numba"):
-                keep = cupy.asnumpy(fn(name))
-                if not np.array_equal(keep, ref_keep):
-                    # torchvision's CUDA kernel compares IoU in float32: report, do not hide it
-                    print(f"note: {op} {name} n={n} differs from torchvision CUDA "
-                          f"({len(keep)} vs {len(ref_keep)} kept)")
-                t_host = time_call(partial(fn, name), warmup=3, repeat=repeat, sync=sync)
-                t_dev = time_gpu(partial(fn, name), warmup=3, repeat=repeat)
-                rows.append(dict(op=op, n=n, backend=name, host_ms=t_host.ms, device_ms=t_dev.ms,
-                                 speedup=t_ref.median_s / t_host.median_s, published_ms=pub,
-                                 kept=len(keep)))
+                row = failures.run(f"{op} {name} n={n}", _gpu_row, op, n, name, partial(fn, name),
+                                   ref_keep, t_ref, pub, repeat, sync)
+                if row is not None:
+                    rows.append(row)
     return rows
 
 
@@ -131,12 +139,14 @@ def main(argv=None) -> int:
         if not backends.cupy_available():
             print("bench nms: --device gpu needs CuPy and a CUDA GPU; none found here")
             return 2
-        rows = _gpu_rows(sizes, repeat)
+        failures = Failures()  # a backend that raises loses its own rows only
+        rows = _gpu_rows(sizes, repeat, failures)
         print("host_ms: what a Python caller waits (synchronized); device_ms: CUDA events; "
               "speedup vs torchvision's host time; published_ms: torchvision batched_nms, one GPU, "
-              "2025 (shared notes)")
+              "2025 (for orientation: another GPU and workload)")
         print(format_table(rows, ["op", "n", "backend", "host_ms", "device_ms", "speedup",
                                   "published_ms", "kept"]))
+        return failures.report()
     else:
         import torch
 

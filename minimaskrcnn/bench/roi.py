@@ -34,7 +34,14 @@ import importlib
 import numpy as np
 
 from .. import backends
-from ._timing import copy_bandwidth_gbs, format_table, machine_description, time_call, time_gpu
+from ._timing import (
+    Failures,
+    copy_bandwidth_gbs,
+    format_table,
+    machine_description,
+    time_call,
+    time_gpu,
+)
 
 WORKLOADS = {
     # name: (N, C, H, W, K, output, sampling_ratio, aligned, spatial_scale)
@@ -134,7 +141,11 @@ def bench_cpu(workloads, quick):
     return rows
 
 
-def bench_gpu(workloads, quick):
+def _device_and_host(fn, sync):
+    return time_gpu(fn), time_call(fn, sync=sync)
+
+
+def bench_gpu(workloads, quick, failures):
     import cupy
     import torch
 
@@ -151,19 +162,24 @@ def bench_gpu(workloads, quick):
         bwd_bytes = 4 * K * C * P * P + 20 * K + 4 * N * C * H * W
         for op in ("roi_align", "roi_pool"):
             extra = 4 * K * C * P * P if op == "roi_pool" else 0  # argmax written / read
-            fns = {"torchvision-cuda": _torchvision(op, tx, trois, cfg),
-                   "cupy": _ours(op, "cupy", gx, grois, cfg),
-                   "numba": _ours(op, "numba", gx, grois, cfg)}
+            fns = {"torchvision-cuda": _torchvision(op, tx, trois, cfg)}
+            ours = [("cupy", "cupy", 1), ("numba", "numba", 1)]
             if op == "roi_align":  # the op uses version 1; version 2 is the shared-memory table
-                fns["cupy-v2"] = _ours(op, "cupy", gx, grois, cfg, version=2)
-                fns["numba-v2"] = _ours(op, "numba", gx, grois, cfg, version=2)
+                ours += [("cupy-v2", "cupy", 2), ("numba-v2", "numba", 2)]
+            for label, backend, version in ours:
+                kw = {"version": version} if version == 2 else {}
+                pair = failures.run(f"{wl} {op} {label}", _ours, op, backend, gx, grois, cfg, **kw)
+                if pair is not None:
+                    fns[label] = pair
             sync = cupy.cuda.Device().synchronize
             for p, pname, nbytes in ((0, "forward", fwd_bytes + extra),
                                      (1, "backward", bwd_bytes + extra)):
                 times = {}
                 for b, pair in fns.items():
                     if pair[p] is not None:
-                        times[b] = (time_gpu(pair[p]), time_call(pair[p], sync=sync))
+                        t = failures.run(f"{wl} {op} {b} {pname}", _device_and_host, pair[p], sync)
+                        if t is not None:
+                            times[b] = t
                 ref = times["torchvision-cuda"][0].median_s
                 for b, (dev, host) in times.items():
                     gbs = nbytes / dev.median_s / 1e9
@@ -180,6 +196,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     print(machine_description())
     workloads = ["quick"] if args.quick else ["detection", "mask"]
+    failures = Failures()  # GPU: a backend that raises loses its own rows only
     for wl in workloads:
         N, C, H, W, K, P, sr, aligned, scale = WORKLOADS[wl]
         print(f"{wl}: input ({N}, {C}, {H}, {W}) float32, {K} RoIs, output {P}x{P}, "
@@ -188,7 +205,7 @@ def main(argv=None) -> int:
         if not backends.cupy_available():
             print("bench roi --device gpu: no CUDA GPU with CuPy here")
             return 2
-        rows = bench_gpu(workloads, args.quick)
+        rows = bench_gpu(workloads, args.quick, failures)
         cols = ["workload", "op", "pass_", "backend", "ms", "host_ms", "vs_tv", "GBs", "pct_copy"]
         print("ms: device time (CUDA events); host_ms: what Python waits; vs_tv: torchvision-cuda "
               "ms / ours (>1: faster); pct_copy: bytes moved / time as % of copy bandwidth")
@@ -201,4 +218,4 @@ def main(argv=None) -> int:
         print("ms: median wall time; vs_tv: torchvision ms / ours (>1: ours faster). "
               "numba (CUDA simulator here) is not timed.")
     print(format_table(rows, cols).replace("pass_", "pass "))
-    return 0
+    return failures.report()
