@@ -361,6 +361,17 @@ def _save(out: Path, rows: list, meta: dict) -> None:
         f.write(format_tables(rows, meta))
 
 
+def check_fresh_out(out) -> None:
+    """An ablation writes RUN/results.json and one folder per run: refuse a RUN that already holds
+    a study before anything is written, since starting again there would mark its finished runs
+    as pending and empty their logs."""
+    if (Path(out) / "results.json").exists():
+        raise FileExistsError(
+            f"compare-roi train: {Path(out) / 'results.json'} exists (an earlier study); "
+            "choose another --out, or delete that folder to start over"
+        )
+
+
 def run(data, out, val=None, ops_list=("roipool", "roiwarp", "roialign"), features=("c5",),
         seeds=(0, 1), minutes=None, iters=None, config="r18_fpn_small", batch_size=4,
         eval_max_images=None, warmup_iters=100, progress=True, kernels=None, lr=0.02,
@@ -374,6 +385,7 @@ def run(data, out, val=None, ops_list=("roipool", "roiwarp", "roialign"), featur
     if minutes is None and iters is None:
         raise ValueError("compare-roi train: give the budget per run: minutes or iters")
     out = Path(out)
+    check_fresh_out(out)
     out.mkdir(parents=True, exist_ok=True)
     val = val if val is not None else data
     budget = (f"{iters} iterations" if iters is not None else f"{minutes} min of training") + \
@@ -400,7 +412,7 @@ def run(data, out, val=None, ops_list=("roipool", "roiwarp", "roialign"), featur
             run_dir.mkdir(parents=True, exist_ok=True)
             # The trainer's evaluation prints two COCO tables per run: keep them in the run folder.
             try:
-                with open(run_dir / "stdout.txt", "w") as log, contextlib.redirect_stdout(log):
+                with open(run_dir / "stdout.txt", "a") as log, contextlib.redirect_stdout(log):
                     summary = train(data, run_dir, config=config, build_fn=_Builder(f, o),
                                     val=val, minutes=minutes,
                                     max_iters=iters, seed=s, batch_size=batch_size,
@@ -464,13 +476,19 @@ def main(argv=None) -> int:
     out = Path(a.out)
     data, val = a.data, a.val
     minutes, iters, config, warmup = a.minutes, a.iters, a.config, a.warmup_iters
+    try:
+        check_fresh_out(out)
+    except FileExistsError as e:
+        print(e, file=sys.stderr)
+        return 2
     if a.quick:
         if data is None:
             from .data.shapes import main as shapes_main
 
-            shapes_main(["--out", str(out / "shapes"), "--train", "4", "--val", "2",
+            quick = out / "quick_shapes"  # a name of this tool's own: never a user's data set
+            shapes_main(["--out", str(quick), "--train", "4", "--val", "2",
                          "--seed", "7", "--size", "64", "--overwrite", "--quiet"])
-            data, val = str(out / "shapes" / "train"), str(out / "shapes" / "val")
+            data, val = str(quick / "train"), str(quick / "val")
         iters = 2 if iters is None else iters
         minutes = None
         config = "r18_fpn_tiny" if a.config == "r18_fpn_small" else a.config
@@ -479,11 +497,15 @@ def main(argv=None) -> int:
         p.error("--data is required (or --quick)")
     if minutes is None and iters is None:
         p.error("give the budget per run: --minutes M or --iters N")
-    rows = run(data, out, val=val, ops_list=ops_list, features=features, seeds=seeds,
-               minutes=minutes, iters=iters, config=config,
-               batch_size=2 if a.quick else a.batch_size, eval_max_images=a.eval_max_images,
-               warmup_iters=warmup, progress=not a.no_progress, kernels=a.kernels, lr=a.lr,
-               workers=a.workers)
+    try:
+        rows = run(data, out, val=val, ops_list=ops_list, features=features, seeds=seeds,
+                   minutes=minutes, iters=iters, config=config,
+                   batch_size=2 if a.quick else a.batch_size, eval_max_images=a.eval_max_images,
+                   warmup_iters=warmup, progress=not a.no_progress, kernels=a.kernels, lr=a.lr,
+                   workers=a.workers)
+    except (FileExistsError, FileNotFoundError, ValueError) as e:  # a path or an argument
+        print(f"minimaskrcnn compare-roi train: {e}", file=sys.stderr)
+        return 2
     print(format_tables(rows, json.loads((out / "results.json").read_text())["meta"]))
     print(f"written: {out / 'results.json'}, {out / 'results.md'}")
     return 0 if all(r["status"] == "done" for r in rows) else 1

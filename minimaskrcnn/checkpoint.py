@@ -96,7 +96,15 @@ def load_checkpoint(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"load_checkpoint: {str(path)!r} does not exist")
-    with np.load(path, allow_pickle=False) as z:
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as e:  # not an archive (NumPy then tries, and refuses, a pickle)
+        raise ValueError(f"load_checkpoint: {str(path)!r} is not a .npz archive ({e})") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):  # a single .npy array
+        raise ValueError(
+            f"load_checkpoint: {str(path)!r} holds one array, not a .npz archive of weights"
+        )
+    with z:
         arrays = {k: z[k] for k in z.files}
     if META_KEY not in arrays:
         return {"model": arrays, "optimizer": None, "scheduler": None, "meta": {}}
@@ -110,9 +118,18 @@ def load_checkpoint(path) -> dict:
     }
 
 
-def restore(path, model, optimizer=None, scheduler=None) -> dict:
-    """Load a checkpoint into ``model`` (and optimizer/scheduler); returns its meta."""
+def restore(path, model, optimizer=None, scheduler=None, expect=None) -> dict:
+    """Load a checkpoint into ``model`` (and optimizer/scheduler); returns its meta.
+
+    ``expect``: meta values the checkpoint must hold (e.g. its config and seed), checked before
+    anything is loaded, so that a mismatch is named instead of surfacing as mis-shaped weights.
+    """
     ck = load_checkpoint(path)
+    wrong = {k: (ck["meta"].get(k), v) for k, v in (expect or {}).items()
+             if ck["meta"].get(k) != v}
+    if wrong:
+        said = "; ".join(f"{k} {had!r} (asked: {want!r})" for k, (had, want) in wrong.items())
+        raise ValueError(f"restore: {str(path)!r} was made with {said}")
     model.load_state_dict(ck["model"])
     if optimizer is not None and ck["optimizer"] is not None:
         optimizer.load_state_dict(ck["optimizer"])
@@ -121,10 +138,13 @@ def restore(path, model, optimizer=None, scheduler=None) -> dict:
     return ck["meta"]
 
 
-def load_model_weights(path, config: str | None = None, num_classes: int | None = None):
+def load_model_weights(path, config: str | None = None, num_classes: int | None = None,
+                       class_names=None):
     """A model built from ``config`` (default: the checkpoint's own) with the weights at ``path``.
 
-    Returns ``(model, config_name)``. ``num_classes`` defaults to the checkpoint's.
+    Returns ``(model, config_name)``. ``num_classes`` defaults to the checkpoint's. With
+    ``class_names`` (a data set's, background first), a checkpoint that saved other names is
+    refused: its label i would be scored as another category.
     """
     from . import configs
 
@@ -141,6 +161,12 @@ def load_model_weights(path, config: str | None = None, num_classes: int | None 
         raise ValueError(
             f"load_model_weights: {str(path)!r} was trained with num_classes={n} but the "
             f"data set has {num_classes} classes (background included)"
+        )
+    saved = meta.get("class_names")
+    if class_names is not None and saved is not None and list(saved) != list(class_names):
+        raise ValueError(
+            f"load_model_weights: {str(path)!r} was trained on classes {list(saved)[1:]} but "
+            f"the data set has {list(class_names)[1:]}"
         )
     model = configs.build(name, num_classes=n)
     model.load_state_dict(ck["model"])

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._atomic import atomic_write
+from ._atomic import atomic_write, check_outputs_are_not_inputs
 from .cli import add_backend_args, backend_from_args
 
 STAT_NAMES = (
@@ -214,10 +214,19 @@ def main(argv=None) -> int:
     add_backend_args(p)
     a = p.parse_args(argv)
     a.backend = backend_from_args(p, a)
+    if a.max_images is not None and a.max_images < 1:
+        p.error(f"--max-images must be >= 1, got {a.max_images}")
+    weights = Path(a.weights)
+    out = Path(a.out) if a.out else weights.with_name(weights.stem + "_metrics.json")
     try:
         dataset = from_folder(a.data, ann=a.ann)
+        check_outputs_are_not_inputs(
+            "minimaskrcnn evaluate", {"--out": out},
+            {"--weights file": weights, "annotation file": dataset.annotation_json},
+        )
         model, config = load_model_weights(
-            a.weights, config=a.config, num_classes=len(dataset.class_names)
+            a.weights, config=a.config, num_classes=len(dataset.class_names),
+            class_names=dataset.class_names,
         )
     except (FileNotFoundError, ValueError) as e:  # a path or a file that is not what it says
         print(f"minimaskrcnn evaluate: {e}", file=sys.stderr)
@@ -227,8 +236,6 @@ def main(argv=None) -> int:
     with backends.use(a.kernels) if a.kernels else contextlib.nullcontext():
         metrics = evaluate(model, dataset, max_images=a.max_images)
     metrics.update(weights=str(a.weights), data=str(a.data), config=config)
-    weights = Path(a.weights)
-    out = Path(a.out) if a.out else weights.with_name(weights.stem + "_metrics.json")
     write_json_atomic(out, metrics)
     print(f"metrics written to {out}")
     return 0

@@ -61,7 +61,10 @@ def load_weights(path) -> "OrderedDict[str, np.ndarray]":
     if path.endswith(TORCH_SUFFIXES):
         return _load_torch(path)
     try:
-        with np.load(path, allow_pickle=False) as z:
+        z = np.load(path, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):  # one .npy array
+            raise ValueError("it holds one array, not an archive of named weights")
+        with z:
             return OrderedDict((k, z[k]) for k in z.files)
     except (ValueError, OSError) as e:
         raise ValueError(
@@ -81,7 +84,13 @@ def _load_torch(path) -> "OrderedDict[str, np.ndarray]":
             'installed: python -c "from minimaskrcnn.io import load_weights, save_weights; '
             f"save_weights('weights.npz', load_weights('{os.path.basename(path)}'))\""
         ) from None
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch's unpickler raises many types for a bad file
+        raise ValueError(
+            f"load_weights: {path!r} is not a torch weights file torch.load can read "
+            f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})"
+        ) from None
     if hasattr(obj, "state_dict") and not hasattr(obj, "items"):
         obj = obj.state_dict()
     if isinstance(obj, dict) and "model" in obj and hasattr(obj["model"], "items"):

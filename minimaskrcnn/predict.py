@@ -117,6 +117,31 @@ def main(argv=None) -> int:
     if not args.weights:
         print(HOW_TO_GET_WEIGHTS, file=sys.stderr)
         return 2
+    for name in ("min_size", "max_size"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+    from matplotlib.figure import Figure
+
+    fmt = os.path.splitext(args.out)[1].lstrip(".").lower()
+    if fmt not in Figure().canvas.get_supported_filetypes():
+        p.error(f"--out {args.out!r}: matplotlib cannot write {fmt or 'a file without a suffix'} "
+                "(use .png, .jpg, .pdf, .svg ...)")
+    if os.path.isdir(args.out):
+        p.error(f"--out {args.out!r} is a folder; give a file name")
+    from ._atomic import check_outputs_are_not_inputs
+
+    try:
+        check_outputs_are_not_inputs(
+            "minimaskrcnn predict", {"--out": args.out, "--json": args.json},
+            {"input image": args.image, "--weights file": args.weights,
+             "--classes file": args.classes if args.classes != "coco" else None},
+        )
+    except ValueError as e:
+        print(e, file=sys.stderr)
+        return 2
+    if args.json is not None and os.path.abspath(args.json) == os.path.abspath(args.out):
+        p.error("--json and --out name the same file")
     if not os.path.exists(args.image):
         print(f"minimaskrcnn predict: image {args.image!r} not found", file=sys.stderr)
         return 2
@@ -134,6 +159,10 @@ def main(argv=None) -> int:
 
     meta = {}
     try:
+        if args.classes not in (None, "coco") and not os.path.exists(args.classes):
+            raise FileNotFoundError(
+                f"--classes file {args.classes!r} not found (use 'coco' or a file)"
+            )
         state = load_weights(args.weights)
         if "__meta__" in state:  # a checkpoint of `minimaskrcnn train`: its config builds the model
             from .checkpoint import load_checkpoint, load_model_weights

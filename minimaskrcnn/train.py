@@ -186,9 +186,14 @@ def make_optimizer(params, lr: float, momentum: float, weight_decay: float):
 
 
 def clip_grad_norm_(params, max_norm: float) -> float:
+    """The gradients' total norm, after clipping them to ``max_norm``; inf when it is not finite
+    (then the gradients are left as they are: the caller stops before stepping them)."""
     from . import optim
 
-    return float(optim.clip_grad_norm_(params, max_norm))
+    try:
+        return float(optim.clip_grad_norm_(params, max_norm, error_if_nonfinite=True))
+    except RuntimeError:  # a non-finite norm, which cannot be clipped
+        return math.inf
 
 
 class Schedule:
@@ -317,6 +322,24 @@ def train(
         return _train(**args)
 
 
+def _check_same_run(args_path, run_args):
+    """``train --resume`` with other arguments than the run was started with would silently keep
+    the checkpoint's schedule and optimizer (and index batches of another size): refuse, naming
+    each difference. The array and kernel backends may change (a run moves between machines)."""
+    if not args_path.is_file():
+        return  # a run from before args.json: only its config and seed can be checked
+    import json
+
+    started = json.loads(args_path.read_text())
+    diff = [f"{k}: started with {started[k]!r}, got {v!r}" for k, v in run_args.items()
+            if k in started and started[k] != v]
+    if diff:
+        raise ValueError(
+            f"train --resume: {args_path.parent} was started with other arguments ("
+            + "; ".join(diff) + "); resume with the same ones, or start a new --out"
+        )
+
+
 def _train(
     data,
     out,
@@ -358,6 +381,10 @@ def _train(
 
     if epochs is None and minutes is None and max_iters is None:
         raise ValueError("train: give the length of the run: epochs, minutes or max_iters")
+    for name, v, least in (("epochs", epochs, 0), ("minutes", minutes, 0),
+                           ("max_iters", max_iters, 0), ("ckpt_every", ckpt_every, 0)):
+        if v is not None and not v > least:  # NaN too
+            raise ValueError(f"train: {name} must be > {least}, got {v!r}")
     out = Path(out)
     ckpt_path, log_path = out / "checkpoint.npz", out / "log.jsonl"
     if ckpt_path.exists() and not resume:
@@ -365,6 +392,19 @@ def _train(
             f"train: {ckpt_path} exists; pass --resume to continue that run, or choose "
             "another --out"
         )
+    if resume and not ckpt_path.exists():
+        raise FileNotFoundError(
+            f"train --resume: no checkpoint in {out}, so nothing to resume (a run stopped "
+            "before its first checkpoint starts again without --resume)"
+        )
+    run_args = dict(
+        data=str(data), val=str(val) if val else None, config=config, epochs=epochs,
+        minutes=minutes, max_iters=max_iters, seed=seed, batch_size=batch_size, workers=workers,
+        lr=lr, momentum=momentum, weight_decay=weight_decay, warmup_iters=warmup_iters,
+        milestones=list(milestones), gamma=gamma, clip=clip, hflip=hflip,
+    )
+    if resume:  # the run continues as it was started, or not at all
+        _check_same_run(out / "args.json", run_args)
     out.mkdir(parents=True, exist_ok=True)
 
     images_dir, ann_path = resolve_data_dir(data, ann)
@@ -395,13 +435,9 @@ def _train(
         schedule.set_total(total, milestones)
 
     it, epoch, batch, elapsed = 0, 0, 0, 0.0
-    if resume and ckpt_path.exists():
-        meta = restore(ckpt_path, model, optimizer, schedule)
-        if meta.get("config") != config or meta.get("seed") != seed:
-            raise ValueError(
-                f"train --resume: {ckpt_path} was made with config {meta.get('config')!r}, "
-                f"seed {meta.get('seed')}; got config {config!r}, seed {seed}"
-            )
+    if resume:
+        meta = restore(ckpt_path, model, optimizer, schedule,
+                       expect={"config": config, "seed": seed})
         it, epoch, batch, elapsed = (
             meta["iteration"],
             meta["epoch"],
@@ -413,25 +449,9 @@ def _train(
         write_json_atomic(
             out / "args.json",
             dict(
-                data=str(data),
-                val=str(val) if val else None,
-                config=config,
-                epochs=epochs,
-                minutes=minutes,
-                max_iters=max_iters,
-                seed=seed,
+                run_args,
                 backend=backend,
                 kernels=backends.get_default(),
-                batch_size=batch_size,
-                workers=workers,
-                lr=lr,
-                momentum=momentum,
-                weight_decay=weight_decay,
-                warmup_iters=warmup_iters,
-                milestones=list(milestones),
-                gamma=gamma,
-                clip=clip,
-                hflip=hflip,
                 num_classes=num_classes,
                 class_names=dataset.class_names,
             ),
@@ -508,7 +528,16 @@ def _train(
                         f"train: the loss is {total_loss} at iteration {it} ({values}); "
                         f"lower --lr (now {schedule.lr()}) or --clip"
                     )
-                grad_norm = clip_grad_norm_(params, clip) if clip > 0 else float("nan")
+                # the norm is taken even without clipping (then scaled by 1): a finite loss can
+                # still have an inf gradient, and stepping it would put NaN into the weights and
+                # the next checkpoint, the last good one on disk
+                grad_norm = clip_grad_norm_(params, clip if clip > 0 else math.inf)
+                if not math.isfinite(grad_norm):
+                    raise FloatingPointError(
+                        f"train: the gradient norm is not finite at iteration {it} (loss "
+                        f"{total_loss}); nothing stepped, {ckpt_path.name} is the last good one; "
+                        f"lower --lr (now {schedule.lr()}) or --clip"
+                    )
                 step_lr = schedule.lr()
                 optimizer.step()
                 dt = time.perf_counter() - t0

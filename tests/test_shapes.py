@@ -117,6 +117,13 @@ def test_atomic_write_and_refusal_to_overwrite(tmp_path, monkeypatch):
     (out / "keep.txt").write_text("x")
     with pytest.raises(FileExistsError, match="already exists"):
         write_dataset(out, 1, 1, seed=0, size=32, progress=False)
+    # --overwrite replaces a shapes set only, never a folder of the user's
+    with pytest.raises(FileExistsError, match="replaces only a shapes data set"):
+        write_dataset(out, 1, 1, seed=0, size=32, overwrite=True, progress=False)
+    assert (out / "keep.txt").read_text() == "x"
+    (out / "keep.txt").unlink()
+    write_dataset(out, 1, 1, seed=0, size=32, progress=False)
+    before = (out / "train/annotations.json").read_text()
     # a failure half-way leaves neither a temporary folder nor a changed target
     import minimaskrcnn.data.shapes as shapes
 
@@ -127,7 +134,8 @@ def test_atomic_write_and_refusal_to_overwrite(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="disk full"):
         write_dataset(out, 1, 1, seed=0, size=32, overwrite=True, progress=False)
     monkeypatch.undo()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"] and (out / "keep.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
+    assert (out / "train/annotations.json").read_text() == before
     assert (
         main(
             [

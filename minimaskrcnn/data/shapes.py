@@ -45,6 +45,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .._atomic import dir_mode
+
 CLASSES = ("circle", "square", "triangle", "star")
 SPLITS = {"train": 0, "val": 1}  # the split's index enters the seed
 
@@ -213,12 +215,25 @@ def write_dataset(
         raise ValueError(f"shapes: size must be >= 32 pixels, got {size}")
     if n_train < 0 or n_val < 0:
         raise ValueError(f"shapes: --train and --val must be >= 0, got {n_train} and {n_val}")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(
-            f"shapes: {out} already exists and is not empty; pass --overwrite to replace it"
-        )
+    if not (isinstance(max_instances, int) and max_instances >= 1):
+        raise ValueError(f"shapes: --max-instances must be an int >= 1, got {max_instances!r}")
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"shapes: --out {str(out)!r} is a file, not a folder")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(
+                f"shapes: {out} already exists and is not empty; pass --overwrite to replace it"
+            )
+        # --overwrite replaces a shapes set, never a folder that holds anything else
+        others = sorted(p.name for p in out.iterdir() if p.name not in ("train", "val"))
+        if others or not any((out / s / "annotations.json").is_file() for s in ("train", "val")):
+            raise FileExistsError(
+                f"shapes: --overwrite replaces only a shapes data set (train/ and val/), but "
+                f"{out} holds {others or 'no annotations.json'}; remove it yourself if it must go"
+            )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    os.chmod(tmp, dir_mode())  # it becomes the data set's folder: not mkdtemp's 0700
     try:
         counts = {
             split: _write_split(tmp, split, n, seed, size, max_instances, progress)
