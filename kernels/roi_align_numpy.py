@@ -50,6 +50,9 @@ the input's dtype T (float32 or float64), ``spatial_scale`` included: it is cast
     nothing.
 
 Non-finite and extreme boxes (torchvision's CPU build on x86; its C code is undefined there):
+  * A RoI whose GH * GW * PH * PW samples exceed an int32 (GH, GW as C casts them) is refused
+    with a ValueError before any kernel runs, as torchvision 0.29 refuses it
+    (``check_sampling_grid``): a huge box or sampling_ratio, or a box with both axes NaN/inf.
   * ``int(ceil(v))`` of a v that is no int32 (NaN, +-inf, >= 2**31) is INT_MIN in C on x86, so
     the sample loops do not run and the output is 0. Here: a grid size that is not a positive
     int32 means no samples, output 0 (and no gradient).
@@ -74,12 +77,8 @@ _BLOCK = 1 << 22
 _INT32_MAX = 2**31 - 1
 
 
-def roi_geometry(rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned):
-    """Per-RoI start, bin size and grid size, in the rois' dtype T, as the spec's first lines.
-
-    Returns ``batch (K,) int64, y1, x1, bin_h, bin_w (K,) T, grid_h, grid_w (K,) int64``; a grid
-    of 0 means "no samples" (see the module docstring for the int32 rule).
-    """
+def _roi_box(rois, spatial_scale, aligned):
+    """(y1, x1, roi_h, roi_w) per RoI in the rois' dtype: the spec's first lines."""
     T = rois.dtype.type
     scale = T(spatial_scale)
     offset = T(0.5) if aligned else T(0.0)
@@ -93,6 +92,61 @@ def roi_geometry(rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligne
         # np.maximum keeps NaN like std::max(NaN, 1) does; np.fmax would not.
         roi_w = np.maximum(roi_w, T(1))
         roi_h = np.maximum(roi_h, T(1))
+    return y1, x1, roi_h, roi_w
+
+
+def check_sampling_grid(rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned):
+    """Raise ValueError for a RoI whose samples torchvision refuses to count.
+
+    torchvision (0.29, CPU) raises "roi_align sampling grid is too large" when a RoI's table of
+    GH * GW * PH * PW samples exceeds an int32, with GH and GW as C casts them (INT_MIN for NaN,
+    +-inf or beyond int32): a huge box, a huge sampling_ratio, or a box with both axes
+    non-finite (INT_MIN * INT_MIN). Every backend checks this before its kernel runs. (A box
+    non-finite on one axis only gives a negative count: no samples, output 0, as above; there
+    torchvision's int32 arithmetic wraps, and it returns the zeros or fails, by the value.)
+    """
+    rois = np.asarray(rois)
+    if len(rois) == 0:
+        return
+    T = rois.dtype.type
+    if sampling_ratio > 0:
+        grid_h = grid_w = np.full(len(rois), sampling_ratio, dtype=np.int64)
+    else:
+        _, _, roi_h, roi_w = _roi_box(rois, spatial_scale, aligned)
+        grid_h, grid_w = _c_int_ceil(roi_h / T(pooled_h)), _c_int_ceil(roi_w / T(pooled_w))
+    per_bin = grid_h * grid_w  # exact in int64: |INT_MIN|**2 = 2**62
+    too_big = per_bin > _INT32_MAX // (pooled_h * pooled_w)
+    if too_big.any():
+        k = int(np.flatnonzero(too_big)[0])
+        raise ValueError(
+            f"roi_align: boxes[{k}] = {rois[k].tolist()} needs a sampling grid of "
+            f"{_grid_text(grid_h[k])} x {_grid_text(grid_w[k])} samples per bin for output_size "
+            f"({pooled_h}, {pooled_w}), more than an int32 counts ({int(too_big.sum())} such "
+            "RoIs; torchvision refuses them too): reduce sampling_ratio or the RoI size, or "
+            "check the boxes for NaN/inf"
+        )
+
+
+def _c_int_ceil(v):
+    """C's ``(int)ceil(v)`` on x86: INT_MIN where the value is no int32 (NaN, +-inf, huge)."""
+    c = np.ceil(v)
+    with np.errstate(invalid="ignore"):
+        ok = np.isfinite(c) & (c >= -(2**31)) & (c <= _INT32_MAX)
+    return np.where(ok, c, -(2**31)).astype(np.int64)
+
+
+def _grid_text(g):
+    return "a non-finite count" if g == -(2**31) else str(int(g))
+
+
+def roi_geometry(rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned):
+    """Per-RoI start, bin size and grid size, in the rois' dtype T, as the spec's first lines.
+
+    Returns ``batch (K,) int64, y1, x1, bin_h, bin_w (K,) T, grid_h, grid_w (K,) int64``; a grid
+    of 0 means "no samples" (see the module docstring for the int32 rule).
+    """
+    T = rois.dtype.type
+    y1, x1, roi_h, roi_w = _roi_box(rois, spatial_scale, aligned)
     bin_h = roi_h / T(pooled_h)
     bin_w = roi_w / T(pooled_w)
     if sampling_ratio > 0:

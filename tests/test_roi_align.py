@@ -72,6 +72,40 @@ def test_nonfinite_boxes_as_torchvision(backend):
     check_nonfinite(backend, cpu)
 
 
+# (box, output_size, sampling_ratio): RoIs torchvision 0.29 refuses ("sampling grid is too large")
+REFUSED = [
+    ([0, np.nan, np.nan, np.nan, np.nan], 2, -1),  # both axes NaN: INT_MIN * INT_MIN samples
+    ([0, -np.inf, -np.inf, np.inf, np.inf], 1, -1),
+    ([0, 0, 0, 1e6, 1e6], 2, -1),  # 500000 x 500000 samples per bin
+    ([0, 0, 0, 3, 3], 2, 23171),  # 23171**2 * 4 = 2**31 + 97316
+]
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("box, size, sr", REFUSED)
+def test_sampling_grid_torchvision_refuses_is_refused(backend, box, size, sr):
+    x = np.arange(50, dtype=np.float32).reshape(1, 2, 5, 5)
+    rois = np.array([box], np.float32)
+    with pytest.raises(RuntimeError, match="sampling grid is too large"):
+        torchvision.ops.roi_align(torch.from_numpy(x), torch.from_numpy(rois), size, 1.0, sr)
+    with pytest.raises(ValueError, match=r"roi_align: boxes\[0\] = .* more than an int32"):
+        ops.roi_align(x, rois, size, 1.0, sr, backend=backend)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_sampling_grid_just_inside_the_limit_and_one_axis_nan_run(backend):
+    # 23170**2 * 4 = 2**31 - 88048 samples: accepted (only the check runs here)
+    from minimaskrcnn.kernels.roi_align_numpy import check_sampling_grid
+
+    check_sampling_grid(np.array([[0, 0, 0, 3, 3]], np.float32), 1.0, 2, 2, 23170, False)
+    # NaN on one axis only: a negative count, no samples, zeros, as torchvision returns here
+    x = np.arange(50, dtype=np.float32).reshape(1, 2, 5, 5)
+    rois = np.array([[0, np.nan, 0, np.nan, 3]], np.float32)
+    want = torchvision.ops.roi_align(torch.from_numpy(x), torch.from_numpy(rois), 2, 1.0, -1)
+    got = ops.roi_align(x, rois, 2, 1.0, -1, backend=backend)
+    np.testing.assert_array_equal(got, want.numpy())
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_no_rois_and_non_contiguous_input(backend):
     rng = np.random.default_rng(2)

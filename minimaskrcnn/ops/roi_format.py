@@ -16,9 +16,11 @@ What torchvision leaves unchecked we check, because a wrong batch index is read 
 image's memory in torchvision's C++ (``(int)rois[k, 0]``) and a learner gets garbage or a crash:
 the batch index must be integral and in [0, N).
 
-Non-finite box coordinates (NaN, +-inf) are *not* rejected: torchvision accepts them, and the
-kernels reproduce what its CPU kernels do with them (see the reference docstrings in
-``kernels/roi_align_numpy.py`` and ``kernels/roi_pool_numpy.py``).
+Non-finite box coordinates (NaN, +-inf) are *not* rejected here: torchvision accepts them, and
+the kernels reproduce what its CPU kernels do with them (see the reference docstrings in
+``kernels/roi_align_numpy.py`` and ``kernels/roi_pool_numpy.py``), except where roi_align's
+sampling grid cannot be counted in an int32 (both axes non-finite, or a huge box or
+sampling_ratio), which torchvision refuses and so does ``ops.roi_align``.
 """
 
 from __future__ import annotations
