@@ -532,3 +532,22 @@ def _f32(*shape):
 def test_bad_input_errors(call, exc, text):
     with pytest.raises(exc, match=text):
         call()
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+def test_empty_batch_as_torch(backend):
+    """No images (a mask head with no RoI, say): torch returns an empty batch and zero weight
+    gradients; the fast CPU path's chunking needs one image, so it hands these to the reference.
+    (numba is left out: the simulator's launch of zero blocks says nothing about a GPU's.)"""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    for fn, tfn, wt in ((conv2d, F.conv2d, w), (conv_transpose2d, F.conv_transpose2d, w[:3, :4])):
+        x = Tensor(np.zeros((0, w.shape[1] if fn is conv2d else 3, 8, 8), np.float32),
+                   requires_grad=True)
+        weight = Tensor(np.ascontiguousarray(wt), requires_grad=True)
+        y = fn(x, weight, None, backend=backend)
+        want = tfn(torch.from_numpy(x.data), torch.from_numpy(weight.data))
+        assert y.shape == tuple(want.shape)
+        y.sum().backward()
+        assert x.grad.shape == x.shape and weight.grad.shape == weight.shape
+        assert not weight.grad.any()  # no image, no gradient

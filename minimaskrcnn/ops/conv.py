@@ -24,6 +24,7 @@ The GPU backends ("numba", "cupy") hold a ladder of numbered versions (see their
 from __future__ import annotations
 
 import importlib
+import numbers
 
 from .. import _checks, backends
 from ..tensor import Function, Tensor, returns_like
@@ -83,7 +84,7 @@ def _check_common(op, input, weight, bias):
 
 
 def _check_groups(op, groups):
-    if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
+    if not isinstance(groups, numbers.Integral) or isinstance(groups, bool) or groups < 1:
         raise ValueError(f"{op}: groups must be a positive int, got {groups!r}")
 
 
@@ -98,6 +99,8 @@ def _start_forward(ctx, op, x, weight, bias, args, backend, version, needs):
     reads: ``args`` = (stride, padding, dilation, groups), ``needs``, ``has_bias`` and the saved
     ``x`` and ``weight``.
     """
+    if backend == "cpu" and (x.size == 0 or weight.size == 0):
+        backend = "numpy"  # the fast path's chunks need one element; the reference needs none
     ctx.k, ctx.kw = _kernels(backend, version, op)
     x, weight, bias = _contig(x), _contig(weight), _contig(bias)
     ctx.needs, ctx.args = needs, args
@@ -156,6 +159,7 @@ def conv2d(
     padding = _checks.pair(op, "padding", padding, allow_zero=True)
     dilation = _checks.pair(op, "dilation", dilation)
     _check_groups(op, groups)
+    groups = int(groups)  # a NumPy integer too
     n, c, h, wd = x.shape
     o, cg, kh, kwd = w.shape
     if c % groups or o % groups:
@@ -290,6 +294,7 @@ def conv_transpose2d(
     output_padding = _checks.pair(op, "output_padding", output_padding, allow_zero=True)
     dilation = _checks.pair(op, "dilation", dilation)
     _check_groups(op, groups)
+    groups = int(groups)  # a NumPy integer too
     n, c, h, wd = x.shape
     ci, og, kh, kwd = w.shape
     if ci != c:
