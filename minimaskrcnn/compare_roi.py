@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._atomic import savefig_atomic
+from ._atomic import atomic_write, savefig_atomic
 
 STRIDES = (4, 8, 16, 32)
 IMAGE = 512  # image side in pixels; the feature map at stride s is (IMAGE / s) ** 2
@@ -305,7 +305,8 @@ def numeric(out_dir: Path, quick: bool = False, backend: str = "numpy",
 def _write_csv(rows, path):
     cols = list(rows[0])
     lines = [",".join(cols)] + [",".join(str(r[c]) for c in cols) for r in rows]
-    path.write_text("\n".join(lines) + "\n")
+    with atomic_write(path, "w") as f:  # as every result file: never half written
+        f.write("\n".join(lines) + "\n")
 
 
 def _figures(rows, shifts_all, out_dir, strides):

@@ -135,3 +135,10 @@ def test_hypothesis_iou_on_integer_boxes(a, b):
 def test_bad_input_errors(call, message):
     with pytest.raises((ValueError, TypeError), match=message):
         call()
+
+
+def test_remove_small_boxes_of_one_box_as_torchvision():
+    for box in ([0, 0, 5, 5], [0, 0, 0.5, 5]):
+        b = np.array(box, np.float32)
+        want = torchvision.ops.remove_small_boxes(torch.from_numpy(b), 1.0).numpy()
+        np.testing.assert_array_equal(remove_small_boxes(b, 1.0), want)

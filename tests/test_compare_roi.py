@@ -140,3 +140,13 @@ def test_roi_warp_on_the_gpu_matches_the_reference(backend, rng):
     out.backward(cupy.asarray(g))
     np.testing.assert_allclose(cupy.asnumpy(out.data), ref.data, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(cupy.asnumpy(gx.grad), ref_x.grad, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kw, err, words", [
+    (dict(output_size=0), ValueError, "roi_warp: output_size"),
+    (dict(output_size=2, sampling_ratio=2.0), TypeError, "roi_warp: sampling_ratio"),
+    (dict(output_size=2, backend="gpu"), ValueError, "roi_warp: unknown backend 'gpu'"),
+])
+def test_roi_warp_errors_name_roi_warp(kw, err, words):
+    with pytest.raises(err, match=words):
+        roi_warp(np.ones((1, 1, 4, 4), np.float32), np.array([[0, 0, 0, 2, 2]], np.float32), **kw)

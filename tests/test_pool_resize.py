@@ -331,3 +331,9 @@ def test_max_pool2d_window_wholly_in_the_padding_gives_minus_inf_and_no_gradient
     assert np.all(np.isneginf(y.data))
     y.sum().backward()
     np.testing.assert_array_equal(x.grad, np.zeros((1, 1, 2, 2)))
+
+
+@pytest.mark.parametrize("sf", [float("nan"), float("inf"), 0.0])
+def test_interpolate_refuses_a_scale_factor_that_is_no_positive_finite_number(sf):
+    with pytest.raises(ValueError, match="interpolate: scale_factor must be positive and finite"):
+        ops.interpolate(np.ones((1, 1, 4, 4), np.float32), scale_factor=sf)

@@ -370,3 +370,12 @@ def test_matmul_gather_concat_on_cupy_match_numpy():
         lambda x: tensor.gather(x, 1, idx), [rng.standard_normal((3, 4)).astype(np.float32)]
     )
     _numpy_vs_cupy(lambda x, y: tensor.concatenate([x, y * 2], axis=0), [a[0], a[1]])
+
+
+def test_pow_zero_gradient_is_zero_at_zero_as_torch():
+    # d(a**0)/da is 0 everywhere; the general rule p * a**(p-1) would give 0 * inf = NaN at 0
+    x = Tensor(np.array([0.0, 1.0, -2.0], np.float32), requires_grad=True)
+    (x**0).sum().backward()
+    tx = torch.tensor([0.0, 1.0, -2.0], requires_grad=True)
+    (tx**0).sum().backward()
+    np.testing.assert_array_equal(x.grad, tx.grad.numpy())

@@ -141,8 +141,9 @@ def remove_small_boxes(boxes, min_size: float):
     xp = backends.array_module(b)
     ws, hs = b[..., 2] - b[..., 0], b[..., 3] - b[..., 1]
     keep = (ws >= min_size) & (hs >= min_size)
-    # torch.where(keep)[0]: the first axis of the nonzero positions (boxes are (N, 4) in practice)
-    return xp.nonzero(keep)[0].astype(np.int64)
+    # torch.where(keep)[0]: the first axis of the nonzero positions (boxes are (N, 4) in practice;
+    # one (4,) box gives [0] or [], as torchvision)
+    return xp.nonzero(xp.atleast_1d(keep))[0].astype(np.int64)
 
 
 def box_convert(boxes, in_fmt: str, out_fmt: str):

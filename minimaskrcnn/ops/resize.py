@@ -48,6 +48,7 @@ lh1 at h1), so grad_x = A_h^T grad_out A_w — one matmul pair, on NumPy or CuPy
 
 from __future__ import annotations
 
+import math
 import numbers
 from fractions import Fraction
 
@@ -229,8 +230,10 @@ def interpolate(
         scales = (None, None)
     else:
         sf = _spatial_pair("scale_factor", scale_factor, "number")
-        if any(not isinstance(s, numbers.Real) or s <= 0 for s in sf):
-            raise ValueError(f"{_OP}: scale_factor must be positive, got {scale_factor!r}")
+        if any(not isinstance(s, numbers.Real) or not math.isfinite(s) or s <= 0 for s in sf):
+            raise ValueError(
+                f"{_OP}: scale_factor must be positive and finite, got {scale_factor!r}"
+            )
         # recompute_scale_factor=True: the kernel uses in/out; otherwise 1/scale_factor.
         scales = (None, None) if recompute_scale_factor else tuple(float(s) for s in sf)
     out = output_size(in_hw, size, scale_factor)

@@ -26,8 +26,9 @@ from __future__ import annotations
 import numbers
 
 from .. import backends
+from .._checks import pair
 from ..kernels.roi_warp_numpy import quantize_rois
-from .roi_align import roi_align
+from .roi_align import KERNELS, roi_align
 from .roi_format import check_roi_input, check_rois
 
 
@@ -49,6 +50,12 @@ def roi_warp(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, ba
     rois = check_rois(op, boxes, input)  # (K, 5) in input's dtype, on input's device
     if not isinstance(spatial_scale, numbers.Real) or isinstance(spatial_scale, bool):
         raise TypeError(f"{op}: spatial_scale must be a number, got {spatial_scale!r}")
+    pair(op, "output_size", output_size)  # checked under this op's name, before roi_align's
+    if not isinstance(sampling_ratio, numbers.Integral) or isinstance(sampling_ratio, bool):
+        raise TypeError(f"{op}: sampling_ratio must be an int (<= 0 for adaptive), "
+                        f"got {sampling_ratio!r}")
+    if backend is not None and backend not in KERNELS:
+        raise ValueError(f"{op}: unknown backend {backend!r}; choose one of {list(KERNELS)}")
     q = quantize_rois(rois, float(spatial_scale), backends.array_module(rois))  # feature pixels
     return roi_align(input, q, output_size, spatial_scale=1.0, sampling_ratio=sampling_ratio,
                      aligned=False, backend=backend)
