@@ -88,7 +88,7 @@ def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, a
     # torchvision's "sampling grid is too large" guard, for every backend (a (K, 5) host copy)
     from ..kernels.roi_align_numpy import check_sampling_grid
 
-    check_sampling_grid(backends.to_numpy(getattr(rois, "data", rois)), spatial_scale,
+    check_sampling_grid(backends.to_numpy(rois), spatial_scale,
                         *output_size, int(sampling_ratio), bool(aligned))
     return returns_like(RoIAlignFunction, input, rois, output_size=output_size,
                         spatial_scale=float(spatial_scale), sampling_ratio=int(sampling_ratio),
