@@ -206,6 +206,41 @@ def test_bad_category_is_a_clear_error(tmp_path):
         CocoDataset(img_dir, path)
 
 
+MALFORMED = [  # (how the json is broken, words of the error)
+    (lambda d: d.pop("images"), "has no list 'images'"),
+    (lambda d: d.pop("categories"), "has no list 'categories'"),
+    (lambda d: d["annotations"][0].update(image_id=999), "annotation id 1 refers to image_id 999"),
+    (lambda d: d["annotations"][0].pop("bbox"), "annotation id 1 has bbox None"),
+    (lambda d: d["annotations"][0].update(bbox=[1, 1, 4]), "has bbox \\[1, 1, 4\\]"),
+    (lambda d: d["annotations"][0].pop("segmentation"), "annotation id 1 has segmentation None"),
+    (lambda d: d["annotations"][0].update(segmentation=[]), "has segmentation \\[\\]"),
+    (lambda d: d["annotations"][0].update(segmentation=[[10, 10, 20, 20]]), ">= 3 points"),
+    (lambda d: d["annotations"][2]["segmentation"].update(size=[64, 64]), "RLE size \\[64, 64\\]"),
+    (lambda d: d["categories"].append({"id": 5, "name": "dup"}), "category id 5 appears more"),
+    (lambda d: d["images"].append(dict(d["images"][0])), "image id 1 appears more"),
+]
+
+
+@pytest.mark.parametrize("edit, words", MALFORMED)
+def test_malformed_json_fails_at_construction_naming_the_field(tmp_path, edit, words):
+    img_dir, path, _, _ = _write(tmp_path)
+    d = json.loads(path.read_text())
+    edit(d)
+    path.write_text(json.dumps(d))
+    with pytest.raises(ValueError, match=words):
+        CocoDataset(img_dir, path)
+
+
+def test_not_json_or_not_an_object_is_named(tmp_path):
+    img_dir, path, _, _ = _write(tmp_path)
+    path.write_text("{'single': quotes}")
+    with pytest.raises(ValueError, match=f"{path.name} is not valid JSON"):
+        CocoDataset(img_dir, path)
+    path.write_text("[]")
+    with pytest.raises(ValueError, match="holds a list, not a COCO object"):
+        CocoDataset(img_dir, path)
+
+
 def test_missing_image_is_a_clear_error(tmp_path):
     img_dir, path, _, _ = _write(tmp_path, missing_file=True)
     with pytest.raises(

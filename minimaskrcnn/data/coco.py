@@ -73,8 +73,11 @@ class CocoDataset:
             raise FileNotFoundError(
                 f"CocoDataset: images_dir {str(self.images_dir)!r} is not a folder"
             )
+        data = _read_and_check_json(self.annotation_json)
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
-            self.coco = COCO(str(self.annotation_json))
+            self.coco = COCO()  # what COCO(path) does, from the json already read and checked
+            self.coco.dataset = data
+            self.coco.createIndex()
         self.transforms = transforms
 
         cats = sorted(self.coco.loadCats(self.coco.getCatIds()), key=lambda c: c["id"])
@@ -217,6 +220,67 @@ class CocoDataset:
             f"CocoDataset({len(self)} images, {len(self.category_ids)} categories "
             f"{self.class_names[1:]}, {os.fspath(self.annotation_json)})"
         )
+
+
+def _read_and_check_json(path: Path) -> dict:
+    """The annotation file, read and checked field by field before pycocotools indexes it, so that
+    a malformed file fails at construction naming the file, the annotation and the field, not
+    with a KeyError inside pycocotools or mid-training when one image is loaded."""
+    import json
+
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"CocoDataset: {path.name} is not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"CocoDataset: {path.name} holds a {type(data).__name__}, not a COCO "
+                         "object with 'images', 'annotations' and 'categories'")
+    for key in ("images", "categories"):
+        if not isinstance(data.get(key), list):
+            raise ValueError(f"CocoDataset: {path.name} has no list '{key}'")
+    data.setdefault("annotations", [])
+
+    def unique(kind, ids):
+        seen = set()
+        for i in ids:
+            if i in seen:
+                raise ValueError(f"CocoDataset: {kind} id {i!r} appears more than once in "
+                                 f"{path.name}")
+            seen.add(i)
+        return seen
+
+    images = {im.get("id"): im for im in data["images"]}
+    unique("image", [im.get("id") for im in data["images"]])
+    unique("category", [c.get("id") for c in data["categories"]])
+    for a in data["annotations"]:
+        where = f"CocoDataset: {path.name}: annotation id {a.get('id')!r}"
+        if a.get("image_id") not in images:
+            raise ValueError(f"{where} refers to image_id {a.get('image_id')!r}, which is not "
+                             "in 'images'")
+        if "category_id" not in a:
+            raise ValueError(f"{where} has no category_id")
+        bbox = a.get("bbox")
+        if not (isinstance(bbox, list) and len(bbox) == 4
+                and all(isinstance(v, (int, float)) for v in bbox)):
+            raise ValueError(f"{where} has bbox {bbox!r}; COCO's is [x, y, width, height]")
+        seg = a.get("segmentation")
+        img = images[a["image_id"]]
+        if isinstance(seg, dict):  # RLE
+            size = [img.get("height"), img.get("width")]
+            if "counts" not in seg or "size" not in seg:
+                raise ValueError(f"{where}: an RLE segmentation needs 'size' and 'counts'")
+            if None not in size and list(seg["size"]) != size:
+                raise ValueError(f"{where}: RLE size {seg['size']} is not its image's "
+                                 f"[height, width] {size}")
+        elif isinstance(seg, list) and seg:  # polygons: x1, y1, x2, y2, ... (>= 3 points)
+            if not all(isinstance(poly, list) and len(poly) >= 6 and len(poly) % 2 == 0
+                       for poly in seg):
+                raise ValueError(f"{where}: each polygon must list >= 3 points as x1, y1, x2, "
+                                 f"y2, ...; got {str(seg)[:80]}")
+        else:
+            raise ValueError(f"{where} has segmentation {str(seg)[:80]}; COCO's is a list of "
+                             "polygons or an RLE dict")
+    return data
 
 
 def from_folder(root, split: str | None = None, ann=None, **kwargs) -> CocoDataset:
