@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import numbers
+import re
 
 import numpy as np
 
@@ -100,7 +101,10 @@ class Function:
         ctx.needs_input_grad = tuple(
             _grad_enabled and isinstance(a, Tensor) and a.requires_grad for a in args
         )
-        out = cls.forward(ctx, *raw, **kwargs)
+        try:
+            out = cls.forward(ctx, *raw, **kwargs)
+        except (ValueError, IndexError) as e:
+            raise _named(cls, e, raw) from e
         needs = any(ctx.needs_input_grad)
         node = _Node(cls, ctx, args) if needs else None
         if isinstance(out, tuple):
@@ -109,6 +113,20 @@ class Function:
                 node.n_outputs = len(outs)
             return outs
         return Tensor._wrap(out, node, 0)
+
+
+def _named(fn, e, raw):
+    """NumPy's error from inside an op (``operands could not be broadcast ...``) with the op's name
+    and its inputs' shapes; an error that already names its op ("roi_align: ...") is kept."""
+    msg = str(e)
+    if re.match(r"^\w+: ", msg):
+        return e
+    shapes = ", ".join(str(tuple(a.shape)) for a in raw if hasattr(a, "shape"))
+    named = f"{fn.__name__}: {msg} (input shapes {shapes})"
+    try:
+        return type(e)(named)
+    except Exception:  # noqa: BLE001 - an exception type with another constructor
+        return ValueError(named)
 
 
 class _Node:
@@ -338,7 +356,21 @@ class Tensor:
             index = tuple(i.data if isinstance(i, Tensor) else i for i in index)
         return GetItem.apply(self, index=index)
 
-    # Comparisons give plain boolean arrays: they are not differentiable.
+    # Comparisons give plain boolean arrays: they are not differentiable. == and != too, as in
+    # NumPy and torch (``labels == 0`` is a mask, not one bool); a Tensor still hashes by
+    # identity, so Parameters stay usable as dict keys and set members.
+    def __eq__(self, o):
+        return self.data == _raw(o)
+
+    def __ne__(self, o):
+        return self.data != _raw(o)
+
+    __hash__ = object.__hash__
+
+    def __bool__(self):
+        # NumPy's rule: the value of a one-element Tensor; an error for more ("ambiguous")
+        return bool(self.data)
+
     def __lt__(self, o):
         return self.data < _raw(o)
 

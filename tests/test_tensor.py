@@ -379,3 +379,23 @@ def test_pow_zero_gradient_is_zero_at_zero_as_torch():
     tx = torch.tensor([0.0, 1.0, -2.0], requires_grad=True)
     (tx**0).sum().backward()
     np.testing.assert_array_equal(x.grad, tx.grad.numpy())
+
+
+def test_equality_is_elementwise_as_numpy_and_torch():
+    t = Tensor(np.array([0, 1, 0]))
+    np.testing.assert_array_equal(t == 0, [True, False, True])  # a mask, not one bool
+    np.testing.assert_array_equal(t != 0, [False, True, False])
+    assert bool(Tensor(np.array([0.0]))) is False  # one element: its value
+    with pytest.raises(ValueError, match="ambiguous"):
+        bool(Tensor(np.zeros(2)))
+    a, b = Tensor(np.ones(2)), Tensor(np.ones(2))
+    assert len({a, b}) == 2 and {a: 1}[a] == 1  # still hashed by identity
+
+
+def test_numpy_errors_inside_an_op_name_it_and_the_shapes():
+    a = Tensor(np.ones((2, 3), np.float32), requires_grad=True)
+    broadcast = r"^Add: operands could not be broadcast.*\(2, 3\), \(4, 5\)"
+    with pytest.raises(ValueError, match=broadcast):
+        a + Tensor(np.ones((4, 5), np.float32))
+    with pytest.raises(ValueError, match=r"^Reshape: cannot reshape array of size 6"):
+        a.reshape(4, 4)
