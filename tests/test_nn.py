@@ -5,6 +5,7 @@ rtol 1e-5 / atol 1e-6 — a reduction over a few hundred terms in a different or
 results by a few ulp (~1e-7 relative each), well inside that.
 """
 
+import re
 from collections import OrderedDict
 
 import numpy as np
@@ -414,3 +415,25 @@ def test_layers_after_to_cupy_match_numpy():
         np.testing.assert_allclose(
             cupy.asnumpy(cupy.asarray(gpu.state_dict()[k])), v, rtol=1e-5, atol=1e-6, err_msg=k
         )
+
+
+def test_load_state_dict_converts_everything_before_loading_anything():
+    m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    w0 = m[0].weight.data.copy()
+    sd = {k: np.asarray(v) + 1 for k, v in m.state_dict().items()}
+    sd["1.running_var"] = np.array(list("abcd"))
+    with pytest.raises(ValueError, match=r"1\.running_var: cannot convert.*nothing was loaded"):
+        m.load_state_dict(sd)
+    np.testing.assert_array_equal(m[0].weight.data, w0)  # not half loaded
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda: nn.Conv2d(3, 4, 3, groups=0), "Conv2d: groups must be an int >= 1, got 0"),
+    (lambda: nn.Conv2d(0, 4, 3), "Conv2d: in_channels must be an int >= 1, got 0"),
+    (lambda: nn.Conv2d(3.0, 4, 3), "Conv2d: in_channels must be an int >= 1, got 3.0"),
+    (lambda: nn.ConvTranspose2d(4, -3, 2), "ConvTranspose2d: out_channels must be an int >= 1"),
+    (lambda: nn.Linear(-1, 2), "Linear: in_features must be an int >= 0, got -1"),
+])
+def test_layer_sizes_are_checked_by_name(make, words):
+    with pytest.raises(ValueError, match=re.escape(words)):
+        make()

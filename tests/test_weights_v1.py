@@ -1,7 +1,10 @@
 """torchvision's COCO Mask R-CNN weights (v1) use older key names for the RPN head's conv and the
 mask head; they must load into our model as they load into torchvision."""
 
+import re
+
 import numpy as np
+import pytest
 import torch
 import torchvision
 
@@ -51,3 +54,14 @@ def test_state_dict_keys_come_in_torchvisions_order():
                                                             num_classes=5)
     ours = maskrcnn_resnet50_fpn(num_classes=5)
     assert list(ours.state_dict()) == list(tv.state_dict())
+
+
+def test_a_state_dict_without_the_keys_that_size_the_heads_is_named():
+    from minimaskrcnn import configs
+
+    state = configs.build("r18_fpn_tiny", num_classes=3, seed=0).state_dict()
+    for key in ("roi_heads.box_head.fc6.weight", "roi_heads.mask_head.0.0.weight"):
+        broken = {k: v for k, v in state.items() if k != key}
+        words = f"maskrcnn_from_state_dict: the state dict has no '{re.escape(key)}'"
+        with pytest.raises(ValueError, match=words):
+            maskrcnn_from_state_dict(broken)

@@ -394,6 +394,17 @@ def maskrcnn_from_state_dict(state, *, frozen_bn_eps=0.0, **kwargs):
             "maskrcnn_from_state_dict: not a Faster/Mask R-CNN ResNet-FPN state dict "
             f"(no roi_heads.box_predictor / backbone.body keys; first keys: {list(state)[:3]})"
         )
+    # the keys whose shapes build the heads: a state dict without one cannot say their size
+    needed = ["roi_heads.box_head.fc6.weight"]
+    if "roi_heads.mask_predictor.conv5_mask.weight" in state:
+        needed += [f"roi_heads.mask_head.{i}.0.weight"
+                   for i in range(max(_count(state, "roi_heads.mask_head"), 1))]
+    missing = [k for k in needed if k not in state]
+    if missing:
+        raise ValueError(
+            f"maskrcnn_from_state_dict: the state dict has no {missing[0]!r}, whose shape sizes "
+            "the head it belongs to (missing keys, or not a torchvision Mask R-CNN)"
+        )
     if any(k.startswith("backbone.body.layer1.0.conv3.") for k in state):
         depth = {3: "resnet50", 23: "resnet101"}.get(
             _count(state, "backbone.body.layer3"), "resnet50"

@@ -17,6 +17,7 @@ come from a NumPy Generator: pass ``rng=`` (a Generator or a seed) to a layer, o
 from __future__ import annotations
 
 import math
+import numbers
 from collections import OrderedDict
 
 import numpy as np
@@ -87,6 +88,9 @@ class _ConvNd(Module):
     ):
         super().__init__()
         name = self._name
+        for arg, v in (("in_channels", in_channels), ("out_channels", out_channels),
+                       ("groups", groups)):
+            _positive_int(name, arg, v)
         if in_channels % groups or out_channels % groups:
             raise ValueError(
                 f"{name}: in_channels ({in_channels}) and out_channels ({out_channels}) "
@@ -227,12 +231,22 @@ class ConvTranspose2d(_ConvNd):
         )
 
 
+def _positive_int(layer, arg, v, zero_ok=False):
+    """A layer's size argument: an int >= 1 (>= 0 where torch allows an empty layer)."""
+    if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < (0 if zero_ok else 1):
+        raise ValueError(
+            f"{layer}: {arg} must be an int >= {0 if zero_ok else 1}, got {v!r}"
+        )
+
+
 # ============================================================================ dense
 class Linear(Module):
     """torch.nn.Linear: y = x @ weight.T + bias. weight (F_out, F_in), bias (F_out,)."""
 
     def __init__(self, in_features, out_features, bias=True, dtype=np.float32, rng=None):
         super().__init__()
+        _positive_int("Linear", "in_features", in_features, zero_ok=True)
+        _positive_int("Linear", "out_features", out_features, zero_ok=True)
         self.in_features, self.out_features = in_features, out_features
         bound = 1 / math.sqrt(in_features) if in_features > 0 else 0.0
         self.weight = Parameter(_uniform(rng, (out_features, in_features), bound, dtype))

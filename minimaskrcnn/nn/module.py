@@ -220,24 +220,37 @@ class Module:
             if mis_shaped:
                 parts.append(f"mis-shaped keys ({len(mis_shaped)}): {_short(mis_shaped)}")
             raise ValueError(f"{type(self).__name__}.load_state_dict: " + "; ".join(parts))
+        # Every value is converted before any is assigned: an entry that cannot be (a string
+        # array, say) is named, and the model is left as it was, not half loaded.
+        staged = []  # (parameter or None, module, name, value)
         for mod_name, m in self.named_modules():
             pre = f"{mod_name}." if mod_name else ""
             for name, p in m._parameters.items():
                 if p is not None and pre + name in given:
-                    xp = backends.array_module(p.data)
-                    p.data = (
-                        xp.asarray(
-                            np.asarray(backends.to_numpy(given[pre + name])), dtype=p.data.dtype
-                        ).copy()
-                        if xp is np
-                        else xp.asarray(given[pre + name], dtype=p.data.dtype)
-                    )
+                    value = self._loaded(pre + name, given[pre + name], p.data)
+                    staged.append((p, m, name, value))
             for name, b in m._buffers.items():
                 if b is not None and pre + name in given:
-                    xp = backends.array_module(b)
-                    v = backends.to_numpy(given[pre + name]) if xp is np else given[pre + name]
-                    m._buffers[name] = xp.array(v, dtype=getattr(b, "dtype", None))
+                    staged.append((None, m, name, self._loaded(pre + name, given[pre + name], b)))
+        for p, m, name, value in staged:
+            if p is not None:
+                p.data = value
+            else:
+                m._buffers[name] = value
         return missing, unexpected
+
+    def _loaded(self, key, value, like):
+        """A copy of ``value`` in ``like``'s array library and dtype; a ValueError naming ``key``
+        when it cannot be converted."""
+        xp = backends.array_module(like)
+        try:
+            return xp.array(backends.to_numpy(value) if xp is np else value,
+                            dtype=getattr(like, "dtype", None))
+        except (TypeError, ValueError) as e:
+            raise ValueError(
+                f"{type(self).__name__}.load_state_dict: {key}: cannot convert a "
+                f"{getattr(value, 'dtype', type(value).__name__)} value ({e}); nothing was loaded"
+            ) from None
 
     # ------------------------------------------------------------------ call
     def forward(self, *args, **kwargs):  # pragma: no cover - interface
