@@ -405,6 +405,11 @@ def _train(
     )
     if resume:  # the run continues as it was started, or not at all
         _check_same_run(out / "args.json", run_args)
+    # a process killed while writing a checkpoint leaves its temporary file (tens of MB); the
+    # names are atomic_write's own, so nothing of the user's matches them
+    for stale in [*out.glob(".checkpoint.npz.*.tmp"), *out.glob(".model_final.npz.*.tmp")]:
+        print(f"train: removing {stale.name}, left by an interrupted write", file=sys.stderr)
+        stale.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
 
     images_dir, ann_path = resolve_data_dir(data, ann)

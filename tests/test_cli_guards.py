@@ -187,3 +187,15 @@ def test_written_files_follow_the_umask_and_keep_a_replaced_file_s_mode(tmp_path
         assert stat.S_IMODE(os.stat(tmp_path / "ds").st_mode) == 0o755  # not mkdtemp's 0700
     finally:
         os.umask(old)
+
+
+def test_a_temporary_file_left_by_a_killed_write_is_removed_on_resume(shapes, tmp_path, capsys):
+    out = tmp_path / "k"
+    train(shapes / "train", out, **dict(TINY_TRAIN_KW, max_iters=2, ckpt_every=1))
+    stale = out / ".checkpoint.npz.abc123.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    mine = out / "notes.tmp"
+    mine.write_text("mine")
+    train(shapes / "train", out, **dict(TINY_TRAIN_KW, max_iters=2, ckpt_every=1), resume=True)
+    assert not stale.exists() and mine.read_text() == "mine"
+    assert ".checkpoint.npz.abc123.tmp" in capsys.readouterr().err

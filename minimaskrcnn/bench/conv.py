@@ -299,10 +299,13 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--out", default="conv_bench", help="writes OUT.md and OUT.json")
     args = ap.parse_args(argv)
+    if args.repeat < 1 or min(args.batch) < 1:
+        ap.error(f"--repeat and --batch must be >= 1, got {args.repeat} and {args.batch}")
     layers = LAYERS
     if args.quick:
         layers = [lay for lay in LAYERS if lay[0] in QUICK]
         args.batch, args.repeat = [1], 1
+        print("--quick: 4 layers, batch 1, 1 repeat (it overrides --batch and --repeat)")
     if args.device == "cpu":
         blas.warn_if_pinned()
     bench = _bench_gpu if args.device == "gpu" else _bench_cpu

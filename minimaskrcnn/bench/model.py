@@ -147,6 +147,9 @@ def main(argv=None) -> int:
         "saved once with torch.save(model.state_dict(), ...) (default: seeded random weights)",
     )
     args = p.parse_args(argv)
+    for name in ("min_size", "max_size", "repeat"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
 
     import torch
 
