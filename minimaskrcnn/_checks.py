@@ -63,8 +63,10 @@ def pair(
         p = (int(v), int(v))
     else:
         try:
+            if isinstance(v, str):  # padding="same" and the like: torch's strings are not ours
+                raise TypeError
             p = tuple(int(a) for a in v)
-        except TypeError:
+        except (TypeError, ValueError):
             raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {v!r}") from None
         if len(p) != 2 or any(int(a) != a for a in v):
             raise ValueError(f"{op}: {name} must be an int or a pair of ints, got {v!r}")

@@ -527,6 +527,11 @@ def _f32(*shape):
             ValueError,
             r"conv_transpose2d: output size",
         ),
+        (
+            lambda: conv2d(_f32(1, 3, 8, 8), _f32(4, 3, 3, 3), padding="same"),
+            TypeError,
+            r"conv2d: padding must be an int or a pair of ints, got 'same'",
+        ),
     ],
 )
 def test_bad_input_errors(call, exc, text):
