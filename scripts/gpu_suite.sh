@@ -83,8 +83,12 @@ status=0
 for b in "${parts[@]}"; do
   if [ "$b" = tests ]; then  # the CuPy kernels and every backend on a real device
     logs=$(mktemp -d)
-    files=$($PY -m pytest -m gpu --collect-only -q -p no:cacheprovider 2>/dev/null \
-      | sed -n 's/::.*//p' | sort -u)
+    collect=$($PY -m pytest -m gpu --collect-only -q -p no:cacheprovider 2>&1)
+    crc=$?
+    # the files of the collected tests, and those that failed to collect (ERROR path): run too,
+    # so that their import errors reach the log and fail the part
+    files=$( { sed -n 's/::.*//p' <<<"$collect"; sed -n 's/^ERROR \([^ ]*\.py\).*/\1/p' \
+      <<<"$collect"; } | sort -u)
     per_test=()
     $PY -c "import pytest_timeout" 2>/dev/null && per_test=(--timeout=300)
     echo "gpu tests: $(echo "$files" | wc -w) files, ${GPU_TEST_JOBS:-4} at a time" \
@@ -94,6 +98,11 @@ for b in "${parts[@]}"; do
       '$PY -m pytest -m gpu -q -p no:cacheprovider '"${per_test[*]:-}"' "$1" \
          > "$logs/$(basename "$1").log" 2>&1; echo $? > "$logs/$(basename "$1").rc"' _ {}
     rc=0
+    if [ "$crc" -ne 0 ] || [ -z "$files" ]; then  # nothing collected is a failure, not a pass
+      { echo "=== collection (exit $crc)"; echo "$collect"; } >> "$out/gpu_tests.log"
+      echo "gpu tests: collection failed (exit $crc); see gpu_tests.log"
+      rc=1
+    fi
     for f in $files; do
       name=$(basename "$f")
       frc=$(cat "$logs/$name.rc" 2>/dev/null || echo "killed")
