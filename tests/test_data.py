@@ -214,7 +214,9 @@ MALFORMED = [  # (how the json is broken, words of the error)
     (lambda d: d["annotations"][0].update(bbox=[1, 1, 4]), "has bbox \\[1, 1, 4\\]"),
     (lambda d: d["annotations"][0].pop("segmentation"), "annotation id 1 has segmentation None"),
     (lambda d: d["annotations"][0].update(segmentation=[]), "has segmentation \\[\\]"),
-    (lambda d: d["annotations"][0].update(segmentation=[[10, 10, 20, 20]]), ">= 3 points"),
+    (lambda d: d["annotations"][0].update(segmentation=[[10, 10, 20, 20]]), "no polygon of >= 3"),
+    (lambda d: d["annotations"][1].update(id=1), "annotation id 1 appears more"),
+    (lambda d: d["annotations"][0].pop("id"), "an entry of 'annotations' is not an object with"),
     (lambda d: d["annotations"][2]["segmentation"].update(size=[64, 64]), "RLE size \\[64, 64\\]"),
     (lambda d: d["categories"].append({"id": 5, "name": "dup"}), "category id 5 appears more"),
     (lambda d: d["images"].append(dict(d["images"][0])), "image id 1 appears more"),
@@ -229,6 +231,19 @@ def test_malformed_json_fails_at_construction_naming_the_field(tmp_path, edit, w
     path.write_text(json.dumps(d))
     with pytest.raises(ValueError, match=words):
         CocoDataset(img_dir, path)
+
+
+def test_a_degenerate_polygon_part_is_dropped_with_a_warning(tmp_path):
+    img_dir, path, _, _ = _write(tmp_path)
+    d = json.loads(path.read_text())
+    d["annotations"][0]["segmentation"].append([1, 1, 3, 1])  # 2 points: no area
+    path.write_text(json.dumps(d))
+    with pytest.warns(UserWarning, match="1 polygon parts of fewer than 3 points"):
+        ds = CocoDataset(img_dir, path)
+    first = ds.target(1, H, W)["masks"][0]
+    (tmp_path / "clean").mkdir()
+    img_dir2, path2, _, _ = _write(tmp_path / "clean")
+    np.testing.assert_array_equal(first, CocoDataset(img_dir2, path2).target(1, H, W)["masks"][0])
 
 
 def test_not_json_or_not_an_object_is_named(tmp_path):

@@ -229,7 +229,7 @@ def _read_and_check_json(path: Path) -> dict:
     import json
 
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_bytes())  # json finds UTF-8/16/32 itself
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"CocoDataset: {path.name} is not valid JSON ({e})") from None
     if not isinstance(data, dict):
@@ -239,6 +239,13 @@ def _read_and_check_json(path: Path) -> dict:
         if not isinstance(data.get(key), list):
             raise ValueError(f"CocoDataset: {path.name} has no list '{key}'")
     data.setdefault("annotations", [])
+    if not isinstance(data["annotations"], list):
+        raise ValueError(f"CocoDataset: {path.name}: 'annotations' is not a list")
+    for key in ("images", "categories", "annotations"):
+        bad = next((e for e in data[key] if not isinstance(e, dict) or "id" not in e), None)
+        if bad is not None:
+            raise ValueError(f"CocoDataset: {path.name}: an entry of '{key}' is not an object "
+                             f"with an 'id': {str(bad)[:80]}")
 
     def unique(kind, ids):
         seen = set()
@@ -252,6 +259,9 @@ def _read_and_check_json(path: Path) -> dict:
     images = {im.get("id"): im for im in data["images"]}
     unique("image", [im.get("id") for im in data["images"]])
     unique("category", [c.get("id") for c in data["categories"]])
+    # duplicate annotation ids: pycocotools keeps the last, so an image would get another's object
+    unique("annotation", [a["id"] for a in data["annotations"]])
+    dropped = 0
     for a in data["annotations"]:
         where = f"CocoDataset: {path.name}: annotation id {a.get('id')!r}"
         if a.get("image_id") not in images:
@@ -273,13 +283,23 @@ def _read_and_check_json(path: Path) -> dict:
                 raise ValueError(f"{where}: RLE size {seg['size']} is not its image's "
                                  f"[height, width] {size}")
         elif isinstance(seg, list) and seg:  # polygons: x1, y1, x2, y2, ... (>= 3 points)
-            if not all(isinstance(poly, list) and len(poly) >= 6 and len(poly) % 2 == 0
-                       for poly in seg):
-                raise ValueError(f"{where}: each polygon must list >= 3 points as x1, y1, x2, "
-                                 f"y2, ...; got {str(seg)[:80]}")
+            if not all(isinstance(poly, list) for poly in seg):
+                raise ValueError(f"{where} has segmentation {str(seg)[:80]}; polygons are lists "
+                                 "of x1, y1, x2, y2, ...")
+            # a part of fewer than 3 points is no area (and 4 numbers would be read as a box by
+            # pycocotools): dropped, as detectron2 does; an object left with none is refused
+            kept = [poly for poly in seg if len(poly) >= 6 and len(poly) % 2 == 0]
+            dropped += len(seg) - len(kept)
+            if not kept:
+                raise ValueError(f"{where} has no polygon of >= 3 points (x1, y1, x2, y2, ...); "
+                                 f"got {str(seg)[:80]}")
+            a["segmentation"] = kept
         else:
             raise ValueError(f"{where} has segmentation {str(seg)[:80]}; COCO's is a list of "
                              "polygons or an RLE dict")
+    if dropped:
+        warnings.warn(f"CocoDataset: {path.name}: {dropped} polygon parts of fewer than 3 points "
+                      "(or an odd number of coordinates) were dropped", stacklevel=3)
     return data
 
 
