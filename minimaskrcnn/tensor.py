@@ -521,8 +521,8 @@ class Pow(Function):
     @staticmethod
     def backward(ctx, g):
         (a,) = ctx.saved
-        if ctx.p == 0:  # d(a**0)/da = 0 everywhere; 0 * 0**-1 would be NaN at a = 0 (as torch)
-            return g * 0 * a
+        if ctx.p == 0:  # d(a**0)/da = 0 everywhere (inf and NaN too, as torch); the rule below
+            return _xp(a).zeros_like(a)  # would give 0 * 0**-1 = NaN at a = 0
         return g * ctx.p * a ** (ctx.p - 1)
 
 

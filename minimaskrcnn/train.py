@@ -192,7 +192,9 @@ def clip_grad_norm_(params, max_norm: float) -> float:
 
     try:
         return float(optim.clip_grad_norm_(params, max_norm, error_if_nonfinite=True))
-    except RuntimeError:  # a non-finite norm, which cannot be clipped
+    except RuntimeError as e:
+        if "non-finite" not in str(e):  # another error (a CUDA one, say) is not ours to rename
+            raise
         return math.inf
 
 
@@ -325,14 +327,21 @@ def train(
 def _check_same_run(args_path, run_args):
     """``train --resume`` with other arguments than the run was started with would silently keep
     the checkpoint's schedule and optimizer (and index batches of another size): refuse, naming
-    each difference. The array and kernel backends may change (a run moves between machines)."""
+    each difference. The array and kernel backends and the worker processes may change (a run
+    moves between machines; the batches stay the same, only float sums change order)."""
     if not args_path.is_file():
         return  # a run from before args.json: only its config and seed can be checked
     import json
 
     started = json.loads(args_path.read_text())
+
+    def same(k, a, b):  # a data folder may be named another way (a trailing /, absolute)
+        if k in ("data", "val") and a is not None and b is not None:
+            return Path(a).resolve() == Path(b).resolve()
+        return a == b
+
     diff = [f"{k}: started with {started[k]!r}, got {v!r}" for k, v in run_args.items()
-            if k in started and started[k] != v]
+            if k in started and k != "workers" and not same(k, started[k], v)]
     if diff:
         raise ValueError(
             f"train --resume: {args_path.parent} was started with other arguments ("
@@ -540,8 +549,8 @@ def _train(
                 if not math.isfinite(grad_norm):
                     raise FloatingPointError(
                         f"train: the gradient norm is not finite at iteration {it} (loss "
-                        f"{total_loss}); nothing stepped, {ckpt_path.name} is the last good one; "
-                        f"lower --lr (now {schedule.lr()}) or --clip"
+                        f"{total_loss}); the weights were not stepped, so a checkpoint on disk "
+                        f"is from before; lower --lr (now {schedule.lr()})"
                     )
                 step_lr = schedule.lr()
                 optimizer.step()

@@ -97,6 +97,11 @@ def test_resume_must_repeat_the_run_s_arguments(shapes, run, tmp_path, capsys):
     assert train_main(f"--data {shapes / 'train'} --out {fresh} --resume --iters 1 {TINY}"
                       .split()) == 2
     assert "nothing to resume" in capsys.readouterr().err and not fresh.exists()
+    # the same data folder named another way, and another worker count, are the same run
+    from minimaskrcnn.train import _check_same_run
+
+    started = json.loads((run / "args.json").read_text())
+    _check_same_run(run / "args.json", dict(started, data=str(shapes / "train") + "/", workers=2))
 
 
 @pytest.mark.parametrize("bad", ["--iters 0", "--iters -3", "--epochs 0", "--minutes -1",

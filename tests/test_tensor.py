@@ -374,9 +374,9 @@ def test_matmul_gather_concat_on_cupy_match_numpy():
 
 def test_pow_zero_gradient_is_zero_at_zero_as_torch():
     # d(a**0)/da is 0 everywhere; the general rule p * a**(p-1) would give 0 * inf = NaN at 0
-    x = Tensor(np.array([0.0, 1.0, -2.0], np.float32), requires_grad=True)
+    x = Tensor(np.array([0.0, 1.0, -2.0, np.inf, np.nan], np.float32), requires_grad=True)
     (x**0).sum().backward()
-    tx = torch.tensor([0.0, 1.0, -2.0], requires_grad=True)
+    tx = torch.tensor([0.0, 1.0, -2.0, np.inf, np.nan], requires_grad=True)
     (tx**0).sum().backward()
     np.testing.assert_array_equal(x.grad, tx.grad.numpy())
 
