@@ -73,8 +73,9 @@ def test_roi_align_coordinates_are_not_fused(tmp_path):
     moves a sample by an ulp and the value beyond the tolerance against the CPU spec; the emulator
     compiles without contraction, so only the PTX can show it. The backward kernels have no other
     multiply-add than those coordinates (their gradients go to atomicAdd), so they hold none; the
-    forwards keep only the FMAs of their bilinear sums (measured: 9 in version 1's float32
-    forward, 11 when the coordinates were fused)."""
+    forwards keep only the FMAs of their bilinear sums: with nvcc 13.0, 9 in version 1's forward
+    and 30 in version 2's (11 and 34 with the coordinates fused), so one coordinate fused again
+    fails; a compiler that fuses less passes."""
     src = next(s for s in SOURCES if s.name == "roi_align.cu")
     ptx_path = tmp_path / "roi_align.ptx"
     proc = subprocess.run(["nvcc", "-std=c++17", "-arch=sm_90", "-ptx", "-o", str(ptx_path),
@@ -89,4 +90,5 @@ def test_roi_align_coordinates_are_not_fused(tmp_path):
 
     for t in ("f32", "f64"):
         assert body(f"roi_align_backward_{t}").count("fma.rn.") == 0, t
-        assert body(f"roi_align_forward_{t}").count("fma.rn.") < 11, t
+        assert body(f"roi_align_forward_{t}").count("fma.rn.") <= 9, t
+        assert body(f"roi_align_forward_v2_{t}").count("fma.rn.") <= 30, t

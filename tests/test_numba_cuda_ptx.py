@@ -83,10 +83,11 @@ def test_numba_cuda_kernels_compile_to_ptx():
     assert all(rows[f"align_{v} float32"][0] <= 2 for v in ("fwd", "bwd", "fwd2")), proc.stdout
     # RoIAlign's sample coordinates are never fused into an FMA (kernels/_numba_cuda_rn.py): the
     # backward has no other multiply-add, so it holds none; the forwards keep only those of their
-    # bilinear sums (9 and 18 here; 11 and 22 when the coordinates were fused)
+    # bilinear sums: 9 and 18 with this libNVVM, 11 and 22 with the coordinates fused, so one
+    # coordinate fused again (10, 20) fails too; a compiler that fuses less passes
     for F in ("float32", "float64"):
         assert rows[f"align_bwd {F}"][2] == 0, proc.stdout
-        assert rows[f"align_fwd {F}"][2] < 11 and rows[f"align_fwd2 {F}"][2] < 22, proc.stdout
+        assert rows[f"align_fwd {F}"][2] <= 9 and rows[f"align_fwd2 {F}"][2] <= 18, proc.stdout
         assert rows[f"nms_mask {F}"][2] == 0, proc.stdout  # the IoU in the CPU's roundings
     # the float32 convolution kernels hold no float64 arithmetic at all
     conv32 = {k: v[:2] for k, v in rows.items() if k.startswith("conv_") and k.endswith("float32")}

@@ -238,8 +238,15 @@ args = ["train", "--data", str(data / "train"), "--val", str(data / "val"),
         "--features", ",".join(FEATURES), "--ops", ",".join(OPS),
         "--seeds", ",".join(map(str, SEEDS)), "--out", str(AB), "--no-progress"] + budget
 if (AB / "results.json").exists():  # compare-roi never starts a study over an earlier one
-    print(f"{AB} holds this cell's study from an earlier run: it is shown below "
-          f"(delete {AB} to train again)")
+    earlier = json.loads((AB / "results.json").read_text())
+    m = earlier["meta"]
+    same = ((m["features"], m["ops"], m["seeds"]) == (list(FEATURES), list(OPS), list(SEEDS))
+            and all(r["status"] == "done" for r in earlier["runs"]))
+    if not same:  # a quick study, or an interrupted one: not this cell's result
+        raise SystemExit(f"{AB} holds another or an unfinished study ({m['features']}, "
+                         f"{m['budget']}); delete that folder to run this cell's")
+    print(f"{AB} holds this cell's study from an earlier run ({m['budget']}): it is shown "
+          f"below (delete {AB} to train again)")
 else:
     write_dataset(data, n_train, n_val, seed=seed, size=size, overwrite=True, progress=False)
     assert compare_roi.main(args) == 0
