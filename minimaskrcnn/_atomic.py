@@ -10,7 +10,14 @@ from pathlib import Path
 
 
 def _umask() -> int:
-    umask = os.umask(0)  # the only way to read it: set and restore
+    try:  # Linux: read it, without the moment of umask 0 that setting and restoring it gives
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    umask = os.umask(0)  # elsewhere the only way to read it: set and restore
     os.umask(umask)
     return umask
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import numbers
 import os
 import shutil
 import sys
@@ -215,7 +216,7 @@ def write_dataset(
         raise ValueError(f"shapes: size must be >= 32 pixels, got {size}")
     if n_train < 0 or n_val < 0:
         raise ValueError(f"shapes: --train and --val must be >= 0, got {n_train} and {n_val}")
-    if not (isinstance(max_instances, int) and max_instances >= 1):
+    if not (isinstance(max_instances, numbers.Integral) and max_instances >= 1):
         raise ValueError(f"shapes: --max-instances must be an int >= 1, got {max_instances!r}")
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"shapes: --out {str(out)!r} is a file, not a folder")
