@@ -101,9 +101,10 @@ def check_sampling_grid(rois, spatial_scale, pooled_h, pooled_w, sampling_ratio,
     torchvision (0.29, CPU) raises "roi_align sampling grid is too large" when a RoI's table of
     GH * GW * PH * PW samples exceeds an int32, with GH and GW as C casts them (INT_MIN for NaN,
     +-inf or beyond int32): a huge box, a huge sampling_ratio, or a box with both axes
-    non-finite (INT_MIN * INT_MIN). Every backend checks this before its kernel runs. (A box
-    non-finite on one axis only gives a negative count: no samples, output 0, as above; there
-    torchvision's int32 arithmetic wraps, and it returns the zeros or fails, by the value.)
+    non-finite (INT_MIN * INT_MIN). ``ops.roi_align`` (and roi_warp through it) runs this check
+    before any backend's kernel, on a host copy of the (K, 5) rois. (A box non-finite on one
+    axis only gives a negative count: no samples, output 0, as above; there torchvision's int32
+    arithmetic wraps, and it returns the zeros or fails, by the value.)
     """
     rois = np.asarray(rois)
     if len(rois) == 0:
