@@ -209,8 +209,9 @@ show("compare_roi_error.png")
 # results are in `docs/roi_ablation_results.md` (made with `minimaskrcnn compare-roi train ...
 # --workers 2`, the command there), with second rounds at 500 iterations per run: RoIAlign
 # leads for both seeds at c4 (mask AP 30.7 against RoIPool's 17.4 and RoIWarp's 16.9; 31.2
-# against 12.2 at AP75), at c5 (3.7 against 1.6) and with the FPN (48.9 against 45.0, and 52.2
-# against 45.5 at AP75, while RoIPool is ahead at AP50). Without quick mode this
+# against 12.2 at AP75), at c5 (3.7 against 1.6; at 1000 iterations 13.9 against 5.0, and 12.3
+# against 1.7 at AP75) and with the FPN (48.9 against 45.0, and 52.2 against 45.5 at AP75,
+# while RoIPool is ahead at AP50). Without quick mode this
 # cell runs the committed 3-minute table's settings in this process: 1000 shapes images of 128
 # pixels, `r18_fpn_cpu`, c4/c5/fpn x 3 operators x 2 seeds, batch 16, 3 minutes of training each
 # (about 70 minutes in all on 2 cores), but in one process where the table used two worker
