@@ -159,10 +159,6 @@ def main(argv=None) -> int:
 
     meta = {}
     try:
-        if args.classes not in (None, "coco") and not os.path.exists(args.classes):
-            raise FileNotFoundError(
-                f"--classes file {args.classes!r} not found (use 'coco' or a file)"
-            )
         state = load_weights(args.weights)
         if "__meta__" in state:  # a checkpoint of `minimaskrcnn train`: its config builds the model
             from .checkpoint import load_checkpoint, load_model_weights
@@ -185,7 +181,11 @@ def main(argv=None) -> int:
     if args.classes is None and meta.get("class_names"):
         names = list(meta["class_names"])  # the data set's names, saved by the trainer
     else:
-        names = read_class_names(args.classes, num_classes)
+        try:  # before the model runs: a missing --classes file is named, not a traceback
+            names = read_class_names(args.classes, num_classes)
+        except (FileNotFoundError, ValueError) as e:
+            print(f"minimaskrcnn {e}", file=sys.stderr)
+            return 2
 
     from . import backends
 

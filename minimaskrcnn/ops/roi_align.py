@@ -23,6 +23,7 @@ import numbers
 
 from .. import backends
 from .._checks import pair
+from ..kernels.roi_align_numpy import check_sampling_grid  # NumPy only: no numba, no cupy
 from ..tensor import Function, returns_like
 from .roi_format import check_roi_input, check_rois
 
@@ -86,8 +87,6 @@ def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, a
                         f"got {sampling_ratio!r}")
     name = backends.resolve(op, backend, input, rois, supported=tuple(KERNELS))
     # torchvision's "sampling grid is too large" guard, for every backend (a (K, 5) host copy)
-    from ..kernels.roi_align_numpy import check_sampling_grid
-
     check_sampling_grid(backends.to_numpy(rois), spatial_scale,
                         *output_size, int(sampling_ratio), bool(aligned))
     return returns_like(RoIAlignFunction, input, rois, output_size=output_size,
