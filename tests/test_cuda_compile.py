@@ -92,3 +92,44 @@ def test_roi_align_coordinates_are_not_fused(tmp_path):
         assert body(f"roi_align_backward_{t}").count("fma.rn.") == 0, t
         assert body(f"roi_align_forward_{t}").count("fma.rn.") <= 9, t
         assert body(f"roi_align_forward_v2_{t}").count("fma.rn.") <= 30, t
+
+
+def _main_loop(ptx, entry):
+    """The lines of ``entry``'s loop that holds the most f32 FMAs (a loop: a label and a later
+    branch back to it)."""
+    m = re.search(r"\.entry " + entry + r"\((.*?)\n}\n", ptx, re.S)
+    assert m, f"no entry {entry} in the PTX"
+    lines = m.group(1).splitlines()
+    labels, best = {}, (0, [])
+    for i, line in enumerate(lines):
+        lab = re.match(r"\s*(\$L__\w+):", line)
+        if lab:
+            labels[lab.group(1)] = i
+        back = re.search(r"\bbra(?:\.uni)?\s+(\$L__\w+);", line)
+        if back and back.group(1) in labels:
+            seg = lines[labels[back.group(1)] : i + 1]
+            fmas = sum("fma.rn.f32" in s for s in seg)
+            best = max(best, (fmas, seg), key=lambda t: t[0])
+    return best
+
+
+@pytest.mark.parametrize("bm", [128, 64])
+def test_conv_regtiled_k_loop_divides_once_per_step(bm, tmp_path):
+    """Version 4's k loop: BK * TM * TN multiply-adds per step (the 8 k values unrolled), and the
+    index arithmetic of the gathers done once per k step, not once per value. A gather that
+    splits its k itself divides twice per value: 8 divisions per step in the forward (24 in
+    grad_input, 11 in grad_weight), which with nvcc 13.0 made the forward's loop hold 454
+    instructions besides its 512 FFMAs (sm_90 SASS) against 195 now. Allowed per step: FWD 2
+    (k into s, kh, kw), WGRAD 3 (r into image, row, column; A's r once more), DGRAD 2 + 2 per
+    gathered value (a stride > 1 asks which grad_out element reaches a pixel: 4 values)."""
+    src = next(s for s in SOURCES if s.name == "conv.cu")
+    ptx_path = tmp_path / "conv.ptx"
+    proc = subprocess.run(["nvcc", "-std=c++17", "-arch=sm_80", "-ptx", "-o", str(ptx_path),
+                           str(src)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    ptx = ptx_path.read_text()
+    for mode, divides in (("fwd", 2), ("wgrad", 3), ("dgrad", 2 + 2 * 4)):
+        fmas, loop = _main_loop(ptx, f"conv_{mode}_regtiled{bm}")
+        assert fmas == 8 * (bm // 16) * 8, (mode, fmas)
+        n = sum(bool(re.search(r"\b(?:div|rem)\.[su]32\b", s)) for s in loop)
+        assert n <= divides, f"{mode}: {n} integer divisions in the k loop (at most {divides})"
