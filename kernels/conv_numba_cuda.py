@@ -72,6 +72,9 @@ _SIM = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1"
 TS = 8 if _SIM else 16  # versions 2 and 3: square tile, TS x TS threads
 BM, BN, BK = (16, 16, 4) if _SIM else (32, 32, 8)  # version 4: block tile (channels, positions, K)
 TM, TN = (4, 4) if _SIM else (4, 4)  # version 4: register tile; (BM/TM) x (BN/TN) threads
+# version 4's shared rows, 4 longer than the tile (see igemm_regtiled); a shared array's shape
+# must be a constant when Numba compiles the kernel, an expression like BM + 4 is not
+BM_PAD, BN_PAD = BM + 4, BN + 4
 THREADS_1D = 32 if _SIM else 128
 
 # What versions 3 and 4 compute (one kernel body each, as kernels/conv.cu's Mode): the forward,
@@ -280,8 +283,11 @@ def _kernels(dtype_name: str):
                        oh_, ow_, h_, w_, chunk):
         """Version 4: like igemm_tiled with a BM x BN block tile and a TM x TN register tile
         per thread; (BN/TN, BM/TM) threads."""
-        sa = cuda.shared.array((BK, BM), dt)  # A transposed: a thread's TM values are adjacent
-        sb = cuda.shared.array((BK, BN), dt)
+        # A transposed: a thread's TM values are adjacent. Rows 4 longer than the tile: where
+        # the loads below put neighbouring threads on neighbouring k, they write down a column,
+        # and a row stride of 36 words spreads those writes over the banks (32: all in one).
+        sa = cuda.shared.array((BK, BM_PAD), dt)
+        sb = cuda.shared.array((BK, BN_PAD), dt)
         acc = cuda.local.array((TM, TN), dt)
         ra = cuda.local.array(TM, dt)
         rb = cuda.local.array(TN, dt)
@@ -297,13 +303,17 @@ def _kernels(dtype_name: str):
         for i in range(TM):
             for j in range(TN):
                 acc[i, j] = dt(0.0)
+        k_first = mode != DGRAD or kh_ * kw_ > 1  # A's load order (see below)
         for k0 in range(r0, r1, BK):
-            # Cooperative loads of BK*BM values of A and BK*BN of B, spread over the threads.
-            # WGRAD's reduction index r runs along memory (neighbouring output positions), so
-            # there neighbouring threads take neighbouring r (coalesced); FWD and DGRAD keep
-            # neighbouring threads on neighbouring rows/columns.
+            # Cooperative loads of BK*BM values of A and BK*BN of B, spread over the threads,
+            # neighbouring threads on neighbouring addresses where the layout allows (coalesced).
+            # A's reduction index runs along memory in a weight row (FWD), along grad_out's
+            # positions (WGRAD) and along a weight's KH*KW taps (DGRAD; a 1x1 weight^T instead
+            # runs along the rows m), so there neighbouring threads take neighbouring k. B's
+            # columns are positions (FWD, DGRAD: along memory); WGRAD's are taps, in different
+            # channel planes, so there the reduction index (neighbouring pixels) goes first.
             for e in range(tid, BK * BM, nthreads):
-                kk, mm = (e % BK, e // BK) if mode == WGRAD else (e // BM, e % BM)
+                kk, mm = (e % BK, e // BK) if k_first else (e // BM, e % BM)
                 v = dt(0.0)
                 if m0 + mm < m_ and k0 + kk < r1:
                     v = load_a(mode, w2, g3, n, g, m0 + mm, k0 + kk, og, cg, kh_ * kw_, l_all)
