@@ -175,6 +175,14 @@ for backend in ["numpy", "cpu"]:
 #    threads), without float4 loads or double buffering: those two steps are in the CUDA C
 #    ladder only (tuning them needs a GPU to measure on).
 #
+#    Once the multiply-adds come from registers, the *index arithmetic* of the gather is what is
+#    left to cut: splitting k into (channel, kh, kw) takes two integer divisions, and a GPU has
+#    no divide instruction (about 20 instructions each). The CUDA C version 4 therefore computes
+#    what depends only on a column (its output position) once before the k loop, and what
+#    depends only on k once per k step, shared by the thread's 4 gathered values. The compiled
+#    loop (sm_90) went from 454 instructions besides its 512 FMAs per step to 195;
+#    `tests/test_cuda_compile.py` keeps the divisions out of the per-value path.
+#
 # The backward pass is two more products of the same kind. grad_input is a transposed
 # convolution: the same kernels with the gather read the other way. grad_weight is
 # `grad_out (Og, L) @ cols^T (L, K)` summed over the batch, a GEMM whose reduction runs over
