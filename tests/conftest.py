@@ -119,3 +119,15 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_shapes(tmp_path_factory):
+    """A tiny shapes set, ``train`` 4 and ``val`` 2 images of 64x64, made once per session (per
+    xdist worker) and shared by the trainer's, the CLI's and the ablation's tests: read it, never
+    write into it (runs go to each test's own tmp_path)."""
+    from minimaskrcnn.data.shapes import write_dataset
+
+    root = tmp_path_factory.mktemp("tiny_shapes") / "ds"
+    write_dataset(root, 4, 2, seed=11, size=64, progress=False)
+    return root

@@ -14,15 +14,7 @@ import torchvision
 
 from minimaskrcnn import Tensor, ablation, backends, compare_roi, ops
 from minimaskrcnn.data import CocoDataset
-from minimaskrcnn.data.shapes import write_dataset
 from minimaskrcnn.models.poolers import MultiScaleRoIAlign
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shapes") / "ds"
-    write_dataset(root, 4, 2, seed=3, size=64, progress=False)
-    return root
 
 
 def _levels(rng):
@@ -82,13 +74,14 @@ def test_pooler_on_two_levels_uses_the_mapped_level(op, rng):
 def test_roialign_pooler_matches_multiscale_roialign_and_torchvision(rng):
     feats = _levels(rng)
     boxes = _boxes()
-    shapes = [(64, 64), (64, 64)]
-    got = ablation.RoIOpPooler(["0", "1"], 7, "roialign", canonical_scale=56)(feats, boxes, shapes)
-    ours = MultiScaleRoIAlign(["0", "1"], 7, 2, canonical_scale=56)(feats, boxes, shapes)
+    image_sizes = [(64, 64), (64, 64)]
+    pooler = ablation.RoIOpPooler(["0", "1"], 7, "roialign", canonical_scale=56)
+    got = pooler(feats, boxes, image_sizes)
+    ours = MultiScaleRoIAlign(["0", "1"], 7, 2, canonical_scale=56)(feats, boxes, image_sizes)
     np.testing.assert_array_equal(got, ours)
     tv = torchvision.ops.MultiScaleRoIAlign(["0", "1"], 7, 2, canonical_scale=56)(
         {k: torch.from_numpy(v) for k, v in feats.items()},
-        [torch.from_numpy(b) for b in boxes], shapes)
+        [torch.from_numpy(b) for b in boxes], image_sizes)
     # float32 bilinear sums; our roi_align is tested bit-close to torchvision in its own suite,
     # 1e-5 absolute leaves room for a different summation order on unit-variance inputs.
     np.testing.assert_allclose(got, tv.numpy(), rtol=0, atol=1e-5)
@@ -112,8 +105,8 @@ def test_bad_operator_and_feature_are_clear_errors():
 
 
 @pytest.mark.parametrize("feature,stride", [("c4", 16), ("c5", 32)])
-def test_single_level_model_trains_one_iteration(feature, stride, shapes):
-    ds = CocoDataset(shapes / "train" / "images", shapes / "train" / "annotations.json")
+def test_single_level_model_trains_one_iteration(feature, stride, tiny_shapes):
+    ds = CocoDataset(tiny_shapes / "train" / "images", tiny_shapes / "train" / "annotations.json")
     model = ablation.build_model("r18_fpn_tiny", feature, "roipool",
                                  num_classes=len(ds.class_names), seed=0)
     assert model.roi_heads.box_roi_pool.op == "roipool"
@@ -161,10 +154,10 @@ def test_summarize_mean_and_spread():
     assert "arXiv:1703.06870" in md
 
 
-def test_cli_quick_writes_every_row(shapes, tmp_path, capsys):
+def test_cli_quick_writes_every_row(tiny_shapes, tmp_path, capsys):
     out = tmp_path / "run"
-    rc = compare_roi.main(["train", "--quick", "--data", str(shapes / "train"),
-                           "--val", str(shapes / "val"), "--features", "c5",
+    rc = compare_roi.main(["train", "--quick", "--data", str(tiny_shapes / "train"),
+                           "--val", str(tiny_shapes / "val"), "--features", "c5",
                            "--ops", "roipool,roialign", "--seeds", "0,1", "--iters", "1",
                            "--eval-max-images", "1", "--kernels", "numpy", "--out", str(out),
                            "--no-progress"])
@@ -183,7 +176,7 @@ def test_cli_quick_writes_every_row(shapes, tmp_path, capsys):
     assert (out / "c5_roipool_s1" / "stdout.txt").read_text().count("IoU metric") == 2
 
 
-def test_a_diverged_run_is_recorded_and_the_others_go_on(shapes, tmp_path, monkeypatch):
+def test_a_diverged_run_is_recorded_and_the_others_go_on(tiny_shapes, tmp_path, monkeypatch):
     import minimaskrcnn.train as train_mod
 
     real = train_mod.train
@@ -194,7 +187,7 @@ def test_a_diverged_run_is_recorded_and_the_others_go_on(shapes, tmp_path, monke
         return real(data, out, build_fn=build_fn, **kw)
 
     monkeypatch.setattr(train_mod, "train", train)
-    rows = ablation.run(shapes / "train", tmp_path, val=shapes / "val", features=("c5",),
+    rows = ablation.run(tiny_shapes / "train", tmp_path, val=tiny_shapes / "val", features=("c5",),
                         ops_list=("roipool", "roialign"), seeds=(0,), iters=1,
                         config="r18_fpn_tiny", batch_size=2, eval_max_images=1,
                         warmup_iters=1, progress=False, kernels="numpy")

@@ -327,20 +327,18 @@ def test_model_to_cupy_gives_the_numpy_detections():
         np.testing.assert_allclose(g["masks"], w["masks"], atol=1e-3)
 
 
-def test_training_on_cupy_follows_the_numpy_run(tmp_path):
+def test_training_on_cupy_follows_the_numpy_run(tiny_shapes, tmp_path):
     """``train(backend="cupy")`` (``minimaskrcnn train --backend cupy``): the same seed draws the
     same weights and samples, so three iterations give the NumPy run's losses, and the checkpoint
     it writes holds NumPy arrays (it loads on a machine without a GPU)."""
     from conftest import TINY_TRAIN_KW
 
     from minimaskrcnn import checkpoint
-    from minimaskrcnn.data.shapes import write_dataset
     from minimaskrcnn.train import LOSS_NAMES, read_log, train
 
-    write_dataset(tmp_path / "ds", 4, 2, seed=11, size=64, progress=False)
     kw = {**TINY_TRAIN_KW, "kernels": None}
-    train(tmp_path / "ds" / "train", tmp_path / "cpu", **kw)
-    summary = train(tmp_path / "ds" / "train", tmp_path / "gpu", backend="cupy", **kw)
+    train(tiny_shapes / "train", tmp_path / "cpu", **kw)
+    summary = train(tiny_shapes / "train", tmp_path / "gpu", backend="cupy", **kw)
     want, got = read_log(tmp_path / "cpu" / "log.jsonl"), read_log(tmp_path / "gpu" / "log.jsonl")
     assert summary["iterations"] == 3 and [r["iteration"] for r in got] == [1, 2, 3]
     for w, g in zip(want, got, strict=True):
@@ -353,7 +351,7 @@ def test_training_on_cupy_follows_the_numpy_run(tmp_path):
     # the trained weights through the two CLIs that take a GPU option
     from minimaskrcnn import evaluate, predict
 
-    weights, val = tmp_path / "gpu" / "model_final.npz", tmp_path / "ds" / "val"
+    weights, val = tmp_path / "gpu" / "model_final.npz", tiny_shapes / "val"
     assert evaluate.main(["--weights", str(weights), "--data", str(val), "--backend", "cupy",
                           "--out", str(tmp_path / "metrics.json")]) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())

@@ -15,7 +15,6 @@ from conftest import TINY_TRAIN_KW
 import minimaskrcnn.train as train_mod
 from minimaskrcnn import backends, checkpoint, configs, parallel
 from minimaskrcnn.data import DataLoader
-from minimaskrcnn.data.shapes import write_dataset
 from minimaskrcnn.train import read_log, train
 
 KW = TINY_TRAIN_KW
@@ -35,22 +34,15 @@ def _shm_left():
 
 
 @pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shapes") / "ds"
-    write_dataset(root, 4, 2, seed=11, size=64, progress=False)
-    return root
-
-
-@pytest.fixture(scope="module")
-def run2(shapes, tmp_path_factory):
+def run2(tiny_shapes, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "w2"
-    return out, train(shapes / "train", out, workers=2, **KW)
+    return out, train(tiny_shapes / "train", out, workers=2, **KW)
 
 
-def test_averaged_gradient_is_the_mean_of_the_workers(shapes):
+def test_averaged_gradient_is_the_mean_of_the_workers(tiny_shapes):
     """One step of a 2-worker pool against the two single-image gradients computed here, with
     the same samples (flips included) and the same sampler seeds (seed, it, rank)."""
-    images_dir, ann = train_mod.resolve_data_dir(shapes / "train")
+    images_dir, ann = train_mod.resolve_data_dir(tiny_shapes / "train")
     dataset = train_mod.make_dataset(images_dir, ann, hflip=0.5)
     loader = DataLoader(dataset, batch_size=2, shuffle=True, seed=5, drop_last=True)
     epoch, it = 1, 3  # not the first: a flip is likelier among 4 samples, seeds not all zero
@@ -108,7 +100,7 @@ def test_averaged_gradient_is_the_mean_of_the_workers(shapes):
     assert n_with > 0.9 * len(params)
 
 
-def test_two_workers_deterministic_same_files_and_resume(shapes, run2, tmp_path, monkeypatch):
+def test_two_workers_deterministic_same_files_and_resume(tiny_shapes, run2, tmp_path, monkeypatch):
     out, summary = run2
     ref = read_log(out / "log.jsonl")
     assert [r["iteration"] for r in ref] == [1, 2, 3] and summary["iterations"] == 3
@@ -116,7 +108,7 @@ def test_two_workers_deterministic_same_files_and_resume(shapes, run2, tmp_path,
     assert json.loads((out / "args.json").read_text())["workers"] == 2
     # the same files as one process writes
     one = tmp_path / "w1"
-    train(shapes / "train", one, **{**KW, "max_iters": 1})
+    train(tiny_shapes / "train", one, **{**KW, "max_iters": 1})
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in one.iterdir())
     # BatchNorm statistics of worker 0 came back: 3 training steps counted
     w = checkpoint.load_checkpoint(out / "model_final.npz")["model"]
@@ -135,11 +127,11 @@ def test_two_workers_deterministic_same_files_and_resume(shapes, run2, tmp_path,
     b = tmp_path / "b"
     monkeypatch.setattr(train_mod, "clip_grad_norm_", ctrl_c_at_3)
     with pytest.raises(KeyboardInterrupt):
-        train(shapes / "train", b, workers=2, **KW)
+        train(tiny_shapes / "train", b, workers=2, **KW)
     monkeypatch.setattr(train_mod, "clip_grad_norm_", real)
     assert _shm_left() == [] and multiprocessing.active_children() == []
     assert checkpoint.load_checkpoint(b / "checkpoint.npz")["meta"]["iteration"] == 2
-    train(shapes / "train", b, workers=2, resume=True, **KW)
+    train(tiny_shapes / "train", b, workers=2, resume=True, **KW)
     got = read_log(b / "log.jsonl")
     # iterations 1-2: one seed, one run; iteration 3: resumed == uninterrupted
     assert [r["iteration"] for r in got] == [1, 2, 3]
@@ -152,33 +144,32 @@ def test_two_workers_deterministic_same_files_and_resume(shapes, run2, tmp_path,
     assert _shm_left() == [] and multiprocessing.active_children() == []
 
 
-def test_clear_errors(shapes, tmp_path):
+def test_clear_errors(tiny_shapes, tmp_path):
     with pytest.raises(ValueError, match="train: batch_size 3 must be divisible by workers 2"):
-        train(shapes / "train", tmp_path / "a", workers=2, **{**KW, "batch_size": 3})
+        train(tiny_shapes / "train", tmp_path / "a", workers=2, **{**KW, "batch_size": 3})
     with pytest.raises(ValueError, match="train: workers=2 runs on the 'numpy' array backend"):
-        train(
-            shapes / "train", tmp_path / "b", workers=2, backend="cupy", **{**KW, "kernels": None}
-        )
+        train(tiny_shapes / "train", tmp_path / "b", workers=2, backend="cupy",
+              **{**KW, "kernels": None})
     with pytest.raises(ValueError, match="workers must be an int >= 1"):
-        train(shapes / "train", tmp_path / "c", workers=0, **KW)
+        train(tiny_shapes / "train", tmp_path / "c", workers=0, **KW)
     from minimaskrcnn.train import main
 
     assert (
         main(
-            f"--data {shapes} --out {tmp_path / 'd'} --iters 1 --batch-size 3 "
+            f"--data {tiny_shapes} --out {tmp_path / 'd'} --iters 1 --batch-size 3 "
             "--workers 2 --quiet".split()
         )
         == 2
     )
 
 
-def test_worker_failure_surfaces_in_the_main(shapes, tmp_path, monkeypatch):
+def test_worker_failure_surfaces_in_the_main(tiny_shapes, tmp_path, monkeypatch):
     """The main indexed the data set, then an image went missing: the workers fail while
     building theirs, and the main re-raises with the worker's traceback (no hang)."""
     import shutil
 
     data = tmp_path / "data"
-    shutil.copytree(shapes / "train", data)
+    shutil.copytree(tiny_shapes / "train", data)
     real = train_mod.make_dataset
 
     def then_delete(images_dir, ann_path, hflip):
@@ -200,7 +191,7 @@ def _dying_build(config, num_classes, seed=None, backbone_weights=None):
     return model
 
 
-def test_dead_worker_does_not_hang_the_main(shapes, tmp_path):
+def test_dead_worker_does_not_hang_the_main(tiny_shapes, tmp_path):
     with pytest.raises(parallel.WorkerError, match="worker 0 died .*exit code 7"):
-        train(shapes / "train", tmp_path / "a", workers=2, build_fn=_dying_build, **KW)
+        train(tiny_shapes / "train", tmp_path / "a", workers=2, build_fn=_dying_build, **KW)
     assert _shm_left() == [] and multiprocessing.active_children() == []

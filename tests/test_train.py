@@ -11,7 +11,6 @@ from conftest import TINY_TRAIN_KW
 
 import minimaskrcnn.train as train_mod
 from minimaskrcnn import Tensor, checkpoint, configs, nn, optim
-from minimaskrcnn.data.shapes import write_dataset
 from minimaskrcnn.train import Schedule, read_log, train
 
 # Losses of two runs with the same seed go through the same float32 operations in the same order;
@@ -19,20 +18,13 @@ from minimaskrcnn.train import Schedule, read_log, train
 RTOL = 1e-5
 
 
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shapes") / "ds"
-    write_dataset(root, 4, 2, seed=11, size=64, progress=False)
-    return root
-
-
 KW = TINY_TRAIN_KW
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(shapes, tmp_path_factory):
+def uninterrupted(tiny_shapes, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "a"
-    summary = train(shapes / "train", out, **KW)
+    summary = train(tiny_shapes / "train", out, **KW)
     return out, summary
 
 
@@ -66,7 +58,7 @@ def test_losses_finite_and_files_written(uninterrupted):
     assert recs[0]["lr"] == pytest.approx(0.02 * 1e-3) and recs[2]["lr"] > recs[0]["lr"]
 
 
-def test_resume_gives_the_uninterrupted_losses(shapes, uninterrupted, tmp_path, monkeypatch):
+def test_resume_gives_the_uninterrupted_losses(tiny_shapes, uninterrupted, tmp_path, monkeypatch):
     ref = read_log(uninterrupted[0] / "log.jsonl")
     out = tmp_path / "b"
     real = train_mod.seed_iteration
@@ -78,14 +70,14 @@ def test_resume_gives_the_uninterrupted_losses(shapes, uninterrupted, tmp_path, 
 
     monkeypatch.setattr(train_mod, "seed_iteration", crash_at_2)
     with pytest.raises(KeyboardInterrupt):
-        train(shapes / "train", out, **KW)
+        train(tiny_shapes / "train", out, **KW)
     monkeypatch.setattr(train_mod, "seed_iteration", real)
     assert checkpoint.load_checkpoint(out / "checkpoint.npz")["meta"]["iteration"] == 2
     with pytest.raises(FileExistsError, match="--resume"):
-        train(shapes / "train", out, **KW)  # never overwrite a run by accident
+        train(tiny_shapes / "train", out, **KW)  # never overwrite a run by accident
     with pytest.raises(ValueError, match="seed: started with 5, got 6"):
-        train(shapes / "train", out, **{**KW, "seed": 6}, resume=True)
-    train(shapes / "train", out, **KW, resume=True)
+        train(tiny_shapes / "train", out, **{**KW, "seed": 6}, resume=True)
+    train(tiny_shapes / "train", out, **KW, resume=True)
     lines = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert any(r.get("event") == "resume" and r["iteration"] == 2 for r in lines)
     got = read_log(out / "log.jsonl")
@@ -101,25 +93,25 @@ def test_resume_gives_the_uninterrupted_losses(shapes, uninterrupted, tmp_path, 
         np.testing.assert_allclose(w_got[k], w_ref[k], rtol=RTOL, atol=1e-7, err_msg=k)
 
 
-def test_cli_train_then_evaluate(shapes, tmp_path):
+def test_cli_train_then_evaluate(tiny_shapes, tmp_path):
     from minimaskrcnn.evaluate import main as eval_main
     from minimaskrcnn.train import main as train_main
 
     out = tmp_path / "c"
-    args = f"--data {shapes} --config r18_fpn_tiny --out {out} --iters 1 --batch-size 2 --quiet "
-    args += f"--kernels numpy --val {shapes / 'val'}"
+    args = f"--data {tiny_shapes} --config r18_fpn_tiny --out {out} --iters 1 --batch-size 2 "
+    args += "--quiet "
+    args += f"--kernels numpy --val {tiny_shapes / 'val'}"
     assert train_main(args.split()) == 0
     m = json.loads((out / "metrics.json").read_text())
     assert set(m["bbox"]) >= {"AP", "AP50", "AR100"} and set(m["segm"]) >= {"AP", "AP50"}
     assert m["images"] == 2
-    args = (
-        f"--weights {out / 'model_final.npz'} --data {shapes / 'val'} --out {tmp_path / 'm.json'}"
-    )
+    args = f"--weights {out / 'model_final.npz'} --data {tiny_shapes / 'val'} "
+    args += f"--out {tmp_path / 'm.json'}"
     assert eval_main(args.split() + ["--kernels", "numpy"]) == 0
     assert json.loads((tmp_path / "m.json").read_text())["images"] == 2
     # without --out: beside the weights, named after them; the run's own metrics.json is kept
     run_metrics = (out / "metrics.json").read_bytes()
-    args = f"--weights {out / 'model_final.npz'} --data {shapes / 'val'} --max-images 1"
+    args = f"--weights {out / 'model_final.npz'} --data {tiny_shapes / 'val'} --max-images 1"
     assert eval_main(args.split() + ["--kernels", "numpy"]) == 0
     assert json.loads((out / "model_final_metrics.json").read_text())["images"] == 1
     assert (out / "metrics.json").read_bytes() == run_metrics
@@ -231,7 +223,7 @@ def test_imagenet_backbone_weights_load(tmp_path):
 
 
 @pytest.mark.gpu
-def test_cupy_training_starts_where_numpy_does(shapes, uninterrupted, tmp_path):
+def test_cupy_training_starts_where_numpy_does(tiny_shapes, uninterrupted, tmp_path):
     """The same seed on the GPU: same initial weights (drawn on the host), same batch, same
     samples, so the first iteration's losses agree with the NumPy run's up to summation order."""
     from minimaskrcnn.data import from_folder
@@ -239,7 +231,7 @@ def test_cupy_training_starts_where_numpy_does(shapes, uninterrupted, tmp_path):
 
     out = tmp_path / "gpu"
     summary = train(
-        shapes / "train", out, **{**KW, "kernels": None, "backend": "cupy", "max_iters": 2}
+        tiny_shapes / "train", out, **{**KW, "kernels": None, "backend": "cupy", "max_iters": 2}
     )
     got, ref = read_log(out / "log.jsonl"), read_log(uninterrupted[0] / "log.jsonl")
     assert [r["iteration"] for r in got] == [1, 2] and summary["iterations"] == 2
@@ -250,7 +242,7 @@ def test_cupy_training_starts_where_numpy_does(shapes, uninterrupted, tmp_path):
         assert np.isfinite(got[1][k])
     model, _ = checkpoint.load_model_weights(out / "model_final.npz")
     model.to("cupy")
-    m = evaluate(model, from_folder(shapes, "val"), progress=False, verbose=False)
+    m = evaluate(model, from_folder(tiny_shapes, "val"), progress=False, verbose=False)
     assert m["images"] == 2 and 0.0 <= m["segm"]["AP"] <= 1.0
 
 
