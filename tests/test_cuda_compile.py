@@ -1,13 +1,17 @@
 """Every CUDA C source in kernels/ compiles with nvcc for sm_80 and sm_90: no errors, no warnings,
-no register spills (read from ``-Xptxas -v``). CI has nvcc but no GPU, so this is how the .cu
-files are checked there; scripts/gpu_suite.sh runs them for real."""
+no register spills (read from ``-Xptxas -v``); and with NVRTC, the compiler CuPy runs at run time,
+with the options CuPy will give it. CI has nvcc and NVRTC but no GPU, so this is how the .cu files
+are checked there; scripts/gpu_suite.sh runs them for real. The PTX checks below read the code
+of both compilers."""
 
 import re
 import shutil
 import subprocess
 
 import pytest
-from minimaskrcnn.kernels import cuda_sources
+from _nvrtc import CUPY_APPENDS, Nvrtc
+
+from minimaskrcnn.kernels import _cupy_loader, cuda_sources
 
 # Needs the CUDA toolkit; a machine without it deselects these by name (README), never silently.
 pytestmark = pytest.mark.cuda_toolkit
@@ -68,7 +72,46 @@ def test_static_shared_memory_fits_a_block(src, tmp_path):
     assert max(smem) <= 48 * 1024, f"{src.name}: {max(smem)} bytes of static shared memory"
 
 
-def test_roi_align_coordinates_are_not_fused(tmp_path):
+@pytest.fixture(scope="module")
+def nvrtc():
+    return Nvrtc()
+
+
+def nvrtc_options(arch):
+    """What cupy.RawModule gives NVRTC for our sources on a GPU of ``arch`` (sm_XX)."""
+    return [*_cupy_loader.OPTIONS, *CUPY_APPENDS, f"-arch=compute_{arch[3:]}"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("src", SOURCES, ids=[s.name for s in SOURCES])
+def test_cu_compiles_with_nvrtc_as_cupy_compiles_it(src, arch, nvrtc):
+    """nvcc compiles a .cu file as C++ with the host's headers at hand; NVRTC has no host
+    compiler and no system headers, so a source that nvcc accepts can still fail in CuPy."""
+    rc, log, ptx = nvrtc.compile(src.read_text(), src.name, nvrtc_options(arch))
+    assert rc == 0, f"NVRTC {nvrtc.version()} failed on {src.name} for {arch}:\n{log}"
+    assert "warning" not in log.lower(), f"NVRTC warned on {src.name} for {arch}:\n{log}"
+    names = re.findall(r'extern "C" __global__ void(?: __launch_bounds__\(\d+\))?\s+(\w+)',
+                       src.read_text())
+    assert names, src.name
+    for name in names:  # extern "C": the names CuPy's get_function looks up, unmangled
+        assert re.search(r"\.entry " + name + r"\(", ptx), f"{src.name}: no entry {name}"
+
+
+def _ptx(src, compiler, nvrtc, tmp_path):
+    """The sm_90 PTX of ``src`` from nvcc, or from NVRTC with CuPy's options."""
+    if compiler == "nvrtc":
+        rc, log, ptx = nvrtc.compile(src.read_text(), src.name, nvrtc_options("sm_90"))
+        assert rc == 0, log
+        return ptx
+    ptx_path = tmp_path / (src.stem + ".ptx")
+    proc = subprocess.run(["nvcc", "-std=c++17", "-arch=sm_90", "-ptx", "-o", str(ptx_path),
+                           str(src)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return ptx_path.read_text()
+
+
+@pytest.mark.parametrize("compiler", ["nvcc", "nvrtc"])
+def test_roi_align_coordinates_are_not_fused(compiler, nvrtc, tmp_path):
     """nvcc (and NVRTC, which CuPy uses) contract ``y1 + ph * bin_h`` into an FMA by default, which
     moves a sample by an ulp and the value beyond the tolerance against the CPU spec; the emulator
     compiles without contraction, so only the PTX can show it. The backward kernels have no other
@@ -77,11 +120,7 @@ def test_roi_align_coordinates_are_not_fused(tmp_path):
     and 30 in version 2's (11 and 34 with the coordinates fused), so one coordinate fused again
     fails; a compiler that fuses less passes."""
     src = next(s for s in SOURCES if s.name == "roi_align.cu")
-    ptx_path = tmp_path / "roi_align.ptx"
-    proc = subprocess.run(["nvcc", "-std=c++17", "-arch=sm_90", "-ptx", "-o", str(ptx_path),
-                           str(src)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    ptx = ptx_path.read_text()
+    ptx = _ptx(src, compiler, nvrtc, tmp_path)
 
     def body(name):
         m = re.search(r"\.entry " + name + r"\((.*?)\n}\n", ptx, re.S)
@@ -108,13 +147,14 @@ def _main_loop(ptx, entry):
         back = re.search(r"\bbra(?:\.uni)?\s+(\$L__\w+);", line)
         if back and back.group(1) in labels:
             seg = lines[labels[back.group(1)] : i + 1]
-            fmas = sum("fma.rn.f32" in s for s in seg)
+            fmas = sum(bool(re.search(r"\bfma\.rn\.(?:ftz\.)?f32\b", s)) for s in seg)
             best = max(best, (fmas, seg), key=lambda t: t[0])
     return best
 
 
+@pytest.mark.parametrize("compiler", ["nvcc", "nvrtc"])
 @pytest.mark.parametrize("bm", [128, 64])
-def test_conv_regtiled_k_loop_divides_once_per_step(bm, tmp_path):
+def test_conv_regtiled_k_loop_divides_once_per_step(bm, compiler, nvrtc, tmp_path):
     """Version 4's k loop: BK * TM * TN multiply-adds per step (the 8 k values unrolled), and the
     index arithmetic of the gathers done once per k step, not once per value. A gather that
     splits its k itself divides twice per value: 8 divisions per step in the forward (24 in
@@ -123,11 +163,7 @@ def test_conv_regtiled_k_loop_divides_once_per_step(bm, tmp_path):
     (k into s, kh, kw), WGRAD 3 (r into image, row, column; A's r once more), DGRAD 2 + 2 per
     gathered value (a stride > 1 asks which grad_out element reaches a pixel: 4 values)."""
     src = next(s for s in SOURCES if s.name == "conv.cu")
-    ptx_path = tmp_path / "conv.ptx"
-    proc = subprocess.run(["nvcc", "-std=c++17", "-arch=sm_80", "-ptx", "-o", str(ptx_path),
-                           str(src)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    ptx = ptx_path.read_text()
+    ptx = _ptx(src, compiler, nvrtc, tmp_path)
     for mode, divides in (("fwd", 2), ("wgrad", 3), ("dgrad", 2 + 2 * 4)):
         fmas, loop = _main_loop(ptx, f"conv_{mode}_regtiled{bm}")
         assert fmas == 8 * (bm // 16) * 8, (mode, fmas)
