@@ -10,7 +10,6 @@ import subprocess
 
 import pytest
 from _nvrtc import CUPY_APPENDS, Nvrtc
-
 from minimaskrcnn.kernels import _cupy_loader, cuda_sources
 
 # Needs the CUDA toolkit; a machine without it deselects these by name (README), never silently.
