@@ -232,8 +232,11 @@ class Matcher:
         high = matched_vals.dtype.type(self.high_threshold)
         below_low_threshold = matched_vals < low
         between_thresholds = (matched_vals >= low) & (matched_vals < high)
-        matches[below_low_threshold] = self.BELOW_LOW_THRESHOLD
-        matches[between_thresholds] = self.BETWEEN_THRESHOLDS
+        # where() rather than matches[mask] = v: on CuPy a boolean-mask assignment counts the
+        # mask's True values on the host, a synchronization (torch's masked_fill_ needs none)
+        xp = _xp(matches)
+        matches = xp.where(below_low_threshold, self.BELOW_LOW_THRESHOLD, matches)
+        matches = xp.where(between_thresholds, self.BETWEEN_THRESHOLDS, matches)
 
         if self.allow_low_quality_matches:
             self.set_low_quality_matches_(matches, all_matches, match_quality_matrix)
@@ -243,10 +246,10 @@ class Matcher:
         """Give back each ground truth its highest-IoU predictions (ties included), in place."""
         xp = _xp(match_quality_matrix)
         highest_quality_foreach_gt = match_quality_matrix.max(axis=1)  # (M,)
-        _, pred_inds_to_update = xp.nonzero(
-            match_quality_matrix == highest_quality_foreach_gt[:, None]
-        )
-        matches[pred_inds_to_update] = all_matches[pred_inds_to_update]
+        # torchvision gathers the (gt, prediction) pairs with nonzero and assigns through their
+        # prediction indices; a prediction in any pair is the same set, without the sync
+        update = (match_quality_matrix == highest_quality_foreach_gt[:, None]).any(axis=0)  # (P,)
+        matches[...] = xp.where(update, all_matches, matches)
 
 
 class BalancedPositiveNegativeSampler:

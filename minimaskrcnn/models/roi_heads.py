@@ -327,10 +327,11 @@ class RoIHeads(Module):
                 matched_idxs_in_image = self.proposal_matcher(match_quality_matrix)  # (K_i,)
                 clamped = xp.maximum(matched_idxs_in_image, 0)
                 labels_in_image = gt_labels_in_image[clamped].astype(np.int64)
+                # where(), not labels[mask] = v (a sync on CuPy; see Matcher)
                 bg = matched_idxs_in_image == self.proposal_matcher.BELOW_LOW_THRESHOLD
-                labels_in_image[bg] = 0
+                labels_in_image = xp.where(bg, 0, labels_in_image)
                 ignore = matched_idxs_in_image == self.proposal_matcher.BETWEEN_THRESHOLDS
-                labels_in_image[ignore] = -1  # the sampler skips these
+                labels_in_image = xp.where(ignore, -1, labels_in_image)  # the sampler skips these
             matched_idxs.append(clamped)
             labels.append(labels_in_image)
         return matched_idxs, labels

@@ -118,7 +118,7 @@ def concat_box_prediction_layers(box_cls: list, box_regression: list):
 
 
 def _stable_desc(x):
-    """Indices sorting a 1-D x by decreasing value, equal values in index order."""
+    """Indices sorting x by decreasing value along its last axis, equal values in index order."""
     xp = backends.array_module(x)
     return xp.argsort(-x, kind="stable") if xp is np else xp.argsort(-x)  # CuPy sorts stably
 
@@ -127,14 +127,16 @@ def _topk_desc(x, k: int):
     """Indices of the k largest values of each row of x (N, n), by decreasing value (torch.topk).
 
     torch.topk's order among exactly equal values is unspecified; here ties keep index order.
-    Sorting a whole level (180k anchors at 800 x 1216) costs ~20x more than this: find the k-th
-    largest value with a partition (O(n)), keep what is above it plus the first of its ties, and
-    sort only those k.
+    On the CPU, sorting a whole level (180k anchors at 800 x 1216) costs ~20x more than this:
+    find the k-th largest value with a partition (O(n)), keep what is above it plus the first of
+    its ties, and sort only those k. On a GPU that selection needs the sizes of two nonzero()
+    results on the host (two synchronizations per row), while CuPy's partition of a long row
+    sorts it anyway: there one stable sort of every row does it, with no synchronization.
     """
     xp = backends.array_module(x)
     n = x.shape[1]
-    if k >= n:
-        return xp.stack([_stable_desc(row) for row in x])
+    if k >= n or xp is not np:
+        return _stable_desc(x)[:, :k]
     kth = xp.partition(x, n - k, axis=1)[:, n - k]  # (N,) the k-th largest of each row
     out = []
     for row, t in zip(x, kth, strict=True):
@@ -229,9 +231,14 @@ class RegionProposalNetwork(Module):
                 matched_idxs = self.proposal_matcher(match_quality_matrix)  # (R,)
                 # -1/-2 would index out of range with a single GT: clamp, then relabel below.
                 matched_gt_boxes_per_image = gt_boxes[xp.maximum(matched_idxs, 0)]
+                # 1 matched, 0 below the low threshold, -1 between (ignored); where(), not a
+                # boolean-mask assignment (a sync on CuPy; see Matcher)
                 labels_per_image = (matched_idxs >= 0).astype(np.float32)
-                labels_per_image[matched_idxs == self.proposal_matcher.BELOW_LOW_THRESHOLD] = 0.0
-                labels_per_image[matched_idxs == self.proposal_matcher.BETWEEN_THRESHOLDS] = -1.0
+                labels_per_image = xp.where(
+                    matched_idxs == self.proposal_matcher.BETWEEN_THRESHOLDS,
+                    np.float32(-1.0),
+                    labels_per_image,
+                )
             labels.append(labels_per_image)
             matched_gt_boxes.append(matched_gt_boxes_per_image)
         return labels, matched_gt_boxes
