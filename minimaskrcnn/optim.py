@@ -230,30 +230,35 @@ def clip_grad_norm_(
 ) -> float:
     """torch.nn.utils.clip_grad_norm_: scale all gradients by min(1, max_norm / (total + 1e-6)).
 
-    ``total`` is the norm of the per-parameter norms (= the norm of all gradients as one vector).
-    Returns ``total`` as a float. As in torch the scale is applied even when it is 1.
+    ``total`` is the norm of the per-parameter norms (= the norm of all gradients as one vector),
+    accumulated in float64. Returns ``total`` as a float. A scale of 1 changes no value, so then
+    the gradients are left as they are (torch multiplies them anyway).
+
+    The per-parameter norms stay on the arrays' device and ``total`` is read once: on a GPU one
+    synchronization per call, not one per parameter.
     """
     if isinstance(parameters, Tensor):
         parameters = [parameters]
     grads = [p for p in parameters if p.grad is not None]
     if not grads:
         return 0.0
+    xp = backends.array_module(grads[0].grad)
     norm_type = float(norm_type)
     if math.isinf(norm_type):
-        norms = [float(abs(p.grad).max()) if p.grad.size else 0.0 for p in grads]
-        total = max(norms)
+        norms = [abs(p.grad).max() if p.grad.size else xp.zeros((), p.grad.dtype) for p in grads]
+        total = float(xp.stack(norms).max())
     else:
         norms = [
-            float((abs(p.grad.astype(np.float64)) ** norm_type).sum()) ** (1 / norm_type)
-            for p in grads
+            (abs(p.grad.astype(np.float64)) ** norm_type).sum() ** (1 / norm_type) for p in grads
         ]
-        total = float(np.sum(np.asarray(norms) ** norm_type) ** (1 / norm_type))
+        total = float((xp.stack(norms) ** norm_type).sum() ** (1 / norm_type))
     if error_if_nonfinite and not math.isfinite(total):
         raise RuntimeError(
             f"clip_grad_norm_: the total norm of order {norm_type} of the gradients "
             f"is non-finite ({total}), so it cannot be clipped"
         )
     coef = min(max_norm / (total + 1e-6), 1.0)
-    for p in grads:
-        p.grad = p.grad * p.grad.dtype.type(coef)
+    if coef != 1.0:  # a NaN coef too, as torch: NaN gradients
+        for p in grads:
+            p.grad = p.grad * p.grad.dtype.type(coef)
     return total

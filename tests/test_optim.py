@@ -241,6 +241,23 @@ def test_clip_grad_norm_nonfinite_error():
         optim.clip_grad_norm_([p], 1.0, error_if_nonfinite=True)
 
 
+def test_clip_grad_norm_of_a_non_finite_total_scales_as_torch():
+    # An infinite total gives a scale of 0 (inf * 0 = NaN), a NaN total a NaN scale: torch
+    # multiplies every gradient by it; so must we (the scale is skipped only when it is 1).
+    for bad in (np.inf, np.nan):
+        g = np.array([bad, 1.0, -2.0], np.float32)
+        p = Tensor(np.zeros(3, np.float32), requires_grad=True)
+        q = Tensor(np.zeros(2, np.float32), requires_grad=True)
+        p.grad, q.grad = g.copy(), np.array([3.0, 4.0], np.float32)
+        tp, tq = torch.zeros(3, requires_grad=True), torch.zeros(2, requires_grad=True)
+        tp.grad, tq.grad = torch.tensor(g), torch.tensor([3.0, 4.0])
+        total = optim.clip_grad_norm_([p, q], 1.0)
+        ttotal = torch.nn.utils.clip_grad_norm_([tp, tq], 1.0)
+        np.testing.assert_equal(total, ttotal.item())
+        np.testing.assert_equal(p.grad, tp.grad.numpy())
+        np.testing.assert_equal(q.grad, tq.grad.numpy())
+
+
 # ------------------------------------------------------------------------------------ GPU (CuPy)
 @pytest.mark.gpu
 def test_sgd_and_clipping_on_cupy_match_numpy():
