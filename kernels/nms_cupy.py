@@ -26,8 +26,10 @@ def descending_order_cupy(scores):
     import cupy
 
     order = cupy.argsort(-scores)  # stable (CuPy sorts with a radix sort); NaN last
-    nan = cupy.isnan(scores[order])
-    return cupy.concatenate([order[nan], order[~nan]]).astype(np.int64)
+    # NaN to the front by a second stable sort on "is a number" (0 before 1), not by two
+    # boolean-mask gathers: a mask's size is read on the host, a synchronization each
+    not_nan = (~cupy.isnan(scores[order])).astype(np.int8)
+    return order[cupy.argsort(not_nan)].astype(np.int64)
 
 
 def nms(boxes, scores, iou_threshold: float):

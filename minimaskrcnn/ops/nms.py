@@ -155,6 +155,10 @@ def _batched_nms_vanilla(boxes, scores, idxs, iou_threshold, name):
 def _descending(scores):
     """Stable descending order with NaN first (torch.sort), for NumPy or CuPy scores."""
     xp = backends.array_module(scores)
-    order = xp.argsort(-scores, kind="stable") if xp is np else xp.argsort(-scores)  # CuPy: stable
-    nan = xp.isnan(scores[order])
-    return xp.concatenate([order[nan], order[~nan]])
+
+    def stable_argsort(a):
+        return xp.argsort(a, kind="stable") if xp is np else xp.argsort(a)  # CuPy: always stable
+
+    order = stable_argsort(-scores)  # NaN last
+    # NaN to the front: a second stable sort on "is a number" (no boolean mask: no GPU sync)
+    return order[stable_argsort((~xp.isnan(scores[order])).astype(np.int8))]
