@@ -128,6 +128,16 @@ def check_sampling_grid(rois, spatial_scale, pooled_h, pooled_w, sampling_ratio,
         )
 
 
+def grid_check_reads_boxes(sampling_ratio, pooled_h, pooled_w) -> bool:
+    """Whether ``check_sampling_grid`` needs the boxes' coordinates: with an adaptive grid
+    (sampling_ratio <= 0) it does; a fixed ratio passes or fails for every RoI at once, so then
+    only when it fails (the error names the first box). ``ops.roi_align`` skips the check, and
+    its host copy of the rois (on a GPU a synchronization), when this is False."""
+    return sampling_ratio <= 0 or sampling_ratio * sampling_ratio > _INT32_MAX // (
+        pooled_h * pooled_w
+    )
+
+
 def _c_int_ceil(v):
     """C's ``(int)ceil(v)`` on x86: INT_MIN where the value is no int32 (NaN, +-inf, huge)."""
     c = np.ceil(v)

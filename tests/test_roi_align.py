@@ -106,6 +106,21 @@ def test_sampling_grid_just_inside_the_limit_and_one_axis_nan_run(backend):
     np.testing.assert_array_equal(got, want.numpy())
 
 
+def test_grid_check_skipped_only_where_it_cannot_fail():
+    # ops.roi_align skips check_sampling_grid (and its host copy of the rois) when
+    # grid_check_reads_boxes is False: then no box at all, finite or not, may fail the check.
+    from minimaskrcnn.kernels.roi_align_numpy import check_sampling_grid, grid_check_reads_boxes
+
+    boxes = np.array([box for box, _, _ in REFUSED] + [[0, 0, 0, 3e38, 3e38]], np.float32)
+    for sr, size in [(1, 7), (2, 7), (2, 14), (23170, 2), (5792, 8)]:
+        assert not grid_check_reads_boxes(sr, size, size)
+        check_sampling_grid(boxes, 1.0, size, size, sr, False)
+    for sr, size in [(0, 7), (-1, 2), (23171, 2), (5793, 8)]:  # adaptive, or too fine for all
+        assert grid_check_reads_boxes(sr, size, size)
+    with pytest.raises(ValueError, match="more than an int32"):
+        check_sampling_grid(boxes[-1:], 1.0, 8, 8, 5793, False)
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_no_rois_and_non_contiguous_input(backend):
     rng = np.random.default_rng(2)

@@ -23,7 +23,10 @@ import numbers
 
 from .. import backends
 from .._checks import pair
-from ..kernels.roi_align_numpy import check_sampling_grid  # NumPy only: no numba, no cupy
+from ..kernels.roi_align_numpy import (  # NumPy only: no numba, no cupy
+    check_sampling_grid,
+    grid_check_reads_boxes,
+)
 from ..tensor import Function, returns_like
 from .roi_format import check_roi_input, check_rois
 
@@ -86,9 +89,11 @@ def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, a
         raise TypeError(f"{op}: sampling_ratio must be an int (<= 0 for adaptive), "
                         f"got {sampling_ratio!r}")
     name = backends.resolve(op, backend, input, rois, supported=tuple(KERNELS))
-    # torchvision's "sampling grid is too large" guard, for every backend (a (K, 5) host copy)
-    check_sampling_grid(backends.to_numpy(rois), spatial_scale,
-                        *output_size, int(sampling_ratio), bool(aligned))
+    # torchvision's "sampling grid is too large" guard, for every backend, on a (K, 5) host copy
+    # of the rois: made only where the answer depends on them (not for the poolers' fixed ratio)
+    if grid_check_reads_boxes(int(sampling_ratio), *output_size):
+        check_sampling_grid(backends.to_numpy(rois), spatial_scale,
+                            *output_size, int(sampling_ratio), bool(aligned))
     return returns_like(RoIAlignFunction, input, rois, output_size=output_size,
                         spatial_scale=float(spatial_scale), sampling_ratio=int(sampling_ratio),
                         aligned=bool(aligned), backend=name)
