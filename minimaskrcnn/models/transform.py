@@ -120,12 +120,15 @@ def check_images(op: str, images) -> list:
         out.append(a)
     if len({"cupy" if backends.is_cupy(a) else "numpy" for a in out}) > 1:
         raise ValueError(f"{op}: images must all be NumPy arrays or all CuPy arrays, got a mix")
-    # Cheap sanity check on the most common silent mistake: 0..255 floats.
-    if float(max(a.max() for a in out)) > 2.0:
+    # Cheap sanity check on the most common silent mistake: 0..255 floats. One maximum over all
+    # images (on a GPU one synchronization, where max() of per-image maxima would compare them on
+    # the host pair by pair).
+    xp = backends.array_module(out[0])
+    top = float(xp.stack([a.max() for a in out]).max())
+    if top > 2.0:
         warnings.warn(
-            f"{op}: image values go above 2 (max {float(max(a.max() for a in out)):.1f}); "
-            "the model "
-            "expects floats in [0, 1] (divide 0..255 images by 255)",
+            f"{op}: image values go above 2 (max {top:.1f}); the model expects floats in [0, 1] "
+            "(divide 0..255 images by 255)",
             stacklevel=3,
         )
     return out
@@ -210,6 +213,7 @@ def paste_masks_in_image(masks, boxes, img_shape, padding: int = 1):
     im_h, im_w = int(img_shape[0]), int(img_shape[1])
     masks, scale = expand_masks(masks, padding)  # (K, 1, M+2, M+2)
     boxes = expand_boxes(boxes, scale).astype(np.int64)  # (K, 4), truncated like torch's .to(int64)
+    boxes = backends.to_numpy(boxes)  # the corners are Python ints below: one copy, not K syncs
     res = [paste_mask_in_image(m[0], b, im_h, im_w) for m, b in zip(masks, boxes, strict=True)]
     if res:
         return xp.stack(res, axis=0)[:, None]  # (K, 1, im_h, im_w)

@@ -134,10 +134,11 @@ class Nearest(Function):
         h, w = x.shape[2:]
         ih = nearest_indices(h, out_size[0], scales[0])  # (OH,)
         iw = nearest_indices(w, out_size[1], scales[1])  # (OW,)
-        ctx.mats = (
-            _matrix([(ih, 1)], out_size[0], h, x.dtype),
-            _matrix([(iw, 1)], out_size[1], w, x.dtype),
-        )
+        if any(ctx.needs_input_grad):  # the backward's matrices: not built for inference
+            ctx.mats = (
+                _matrix([(ih, 1)], out_size[0], h, x.dtype),
+                _matrix([(iw, 1)], out_size[1], w, x.dtype),
+            )
         return x[:, :, xp.asarray(ih)[:, None], xp.asarray(iw)[None, :]]  # (N, C, OH, OW)
 
     @staticmethod
@@ -152,13 +153,17 @@ class Bilinear(Function):
         h, w = x.shape[2:]
         h0, h1, lh0, lh1 = linear_indices(h, out_size[0], scales[0], align_corners, x.dtype)
         w0, w1, lw0, lw1 = linear_indices(w, out_size[1], scales[1], align_corners, x.dtype)
-        ctx.mats = (
-            _matrix([(h0, lh0), (h1, lh1)], out_size[0], h, x.dtype),
-            _matrix([(w0, lw0), (w1, lw1)], out_size[1], w, x.dtype),
-        )
-        h0, h1, w0, w1 = (xp.asarray(a) for a in (h0, h1, w0, w1))
-        lh0, lh1 = (xp.asarray(a)[:, None] for a in (lh0, lh1))  # (OH, 1)
-        lw0, lw1 = (xp.asarray(a) for a in (lw0, lw1))  # (OW,)
+        if any(ctx.needs_input_grad):  # the backward's matrices: not built for inference
+            ctx.mats = (
+                _matrix([(h0, lh0), (h1, lh1)], out_size[0], h, x.dtype),
+                _matrix([(w0, lw0), (w1, lw1)], out_size[1], w, x.dtype),
+            )
+        if xp is not np:  # one host-to-device copy per kind instead of four small ones each
+            h0, h1, w0, w1 = xp.split(xp.asarray(np.concatenate([h0, h1, w0, w1])),
+                                      np.cumsum([len(h0), len(h1), len(w0)]).tolist())
+            lh0, lh1, lw0, lw1 = xp.split(xp.asarray(np.concatenate([lh0, lh1, lw0, lw1])),
+                                          np.cumsum([len(lh0), len(lh1), len(lw0)]).tolist())
+        lh0, lh1 = lh0[:, None], lh1[:, None]  # (OH, 1); lw0, lw1: (OW,)
         rows0, rows1 = x[:, :, h0, :], x[:, :, h1, :]  # (N, C, OH, W)
         t0 = rows0[..., w0] * lw0 + rows0[..., w1] * lw1  # (N, C, OH, OW)
         t1 = rows1[..., w0] * lw0 + rows1[..., w1] * lw1
