@@ -338,6 +338,21 @@ def test_training_mode_rejects_degenerate_boxes():
     }
     with pytest.raises(ValueError, match=r"positive height and width.*\[5.0, 10.0"):
         model([np.zeros((3, 60, 80), np.float32)], [target])
+    # one check over all images: the first bad box named, with its image's index
+    good = {**target, "boxes": np.array([[5, 10, 6, 40]], np.float32)}
+    two = {**target, "boxes": np.array([[1, 2, 3, 4], [7, 8, 9, 8]], np.float32),
+           "labels": np.array([1, 1], np.int64), "masks": np.zeros((2, 60, 80), np.uint8)}
+    want = r"invalid box \[7.0, 8.0, 9.0, 8.0\] for target at index 1"
+    with pytest.raises(ValueError, match=want):
+        model([np.zeros((3, 60, 80), np.float32)] * 2, [good, two])
+
+
+def test_images_in_0_255_get_a_warning_with_their_maximum():
+    model = _small_model().eval()
+    images = [np.full((3, 40, 50), 0.5, np.float32), np.full((3, 30, 20), 0.25, np.float32)]
+    images[1][0, 3, 4] = 255.0
+    with pytest.warns(UserWarning, match=r"image values go above 2 \(max 255.0\)"):
+        model(images)
 
 
 def test_faster_rcnn_from_state_dict_matches_torchvision(models, stages):

@@ -99,16 +99,25 @@ class GeneralizedRCNN(Module):
     def _forward(self, images, targets):
         original_image_sizes = [tuple(img.shape[-2:]) for img in images]
         if targets is not None:
-            # torchvision checks after resizing; checking before reports the box the user gave
-            for i, t in enumerate(targets):
-                boxes = np.asarray(backends.to_numpy(_data(t["boxes"])))
-                bad = (boxes[:, 2:] <= boxes[:, :2]).any(axis=1)
-                if bad.any():
-                    b = boxes[int(np.flatnonzero(bad)[0])].tolist()
-                    raise ValueError(
-                        f"{type(self).__name__}: all boxes need positive height and width; "
-                        f"found invalid box {b} for target at index {i}"
-                    )
+            # torchvision checks after resizing; checking before reports the box the user gave.
+            # One test for all images (on a GPU one synchronization, not a copy of each image's
+            # boxes); the loop naming the first bad box runs only when there is one.
+            flat = [_data(t["boxes"]) for t in targets]  # (Mi, 4) each (_check_targets)
+            modules = {backends.array_module(b) for b in flat}
+            xp = modules.pop() if len(modules) == 1 else np  # NumPy and CuPy mixed: on the host
+            if xp is np:
+                flat = [np.asarray(backends.to_numpy(b)) for b in flat]
+            all_boxes = xp.concatenate(flat)  # (sum Mi, 4)
+            if bool((all_boxes[:, 2:] <= all_boxes[:, :2]).any()):
+                for i, b in enumerate(flat):
+                    b = np.asarray(backends.to_numpy(b))
+                    bad = (b[:, 2:] <= b[:, :2]).any(axis=1)
+                    if bad.any():
+                        raise ValueError(
+                            f"{type(self).__name__}: all boxes need positive height and width; "
+                            f"found invalid box {b[int(np.flatnonzero(bad)[0])].tolist()} "
+                            f"for target at index {i}"
+                        )
         image_list, targets = self.transform(images, targets)
         features = self.backbone(image_list.tensors)  # {'0': (N, C, H/4, W/4), ..., 'pool'}
         proposals, proposal_losses = self.rpn(image_list, features, targets)  # N x (P, 4)
