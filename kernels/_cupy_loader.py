@@ -25,6 +25,14 @@ def module(filename: str, options: tuple = OPTIONS):
     return cupy.RawModule(code=source_path(filename).read_text(), options=options)
 
 
+@lru_cache(maxsize=None)
 def kernel(filename: str, name: str):
-    """One ``__global__`` function (declared ``extern "C"``) from ``kernels/<filename>``."""
+    """One ``__global__`` function (declared ``extern "C"``) from ``kernels/<filename>``, looked up
+    once (CuPy's get_function asks the driver each time)."""
     return module(filename).get_function(name)
+
+
+def clear():
+    """Forget every loaded module and function (tests swap CuPy for a stand-in and back)."""
+    kernel.cache_clear()
+    module.cache_clear()

@@ -106,12 +106,6 @@ def _to_device(targets, backend: str):
     ]
 
 
-def _scalar(v) -> float:
-    from . import backends
-
-    return float(backends.to_numpy(getattr(v, "data", v)))
-
-
 def make_dataset(images_dir, ann_path, hflip: float):
     """The training set (the main process and every worker build it alike)."""
     from .data import CocoDataset, Compose, RandomHorizontalFlip
@@ -125,10 +119,15 @@ def make_dataset(images_dir, ann_path, hflip: float):
 def losses_and_grads(model, images, targets, backend: str = "numpy"):
     """Forward + backward of one (part of a) batch: ``(loss values, total loss)``, the gradients
     left in ``p.grad``. A non-finite loss skips the backward: the caller stops the run."""
+    from . import backends
+
     losses = model(images, _to_device(targets, backend))
     loss = sum(losses.values())
-    values = {k: _scalar(v) for k, v in losses.items()}
-    total = _scalar(loss)
+    # the losses and their sum read in one copy (on a GPU one synchronization, not six)
+    scalars = [getattr(v, "data", v) for v in (*losses.values(), loss)]
+    xp = backends.array_module(scalars[-1])
+    *parts, total = backends.to_numpy(xp.stack([xp.asarray(v) for v in scalars])).tolist()
+    values = dict(zip(losses, parts, strict=True))
     if math.isfinite(total):
         model.zero_grad()
         loss.backward()

@@ -25,7 +25,7 @@ from minimaskrcnn.bench import roi as bench_roi
 @pytest.fixture(autouse=True)
 def emulated_gpu(monkeypatch):
     _fake_cupy.install(monkeypatch)
-    _cupy_loader.module.cache_clear()
+    _cupy_loader.clear()
     # torch "CUDA": the tensors stay where they are
     monkeypatch.setattr(torch.Tensor, "cuda", lambda self, *a, **k: self)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
@@ -39,7 +39,7 @@ def emulated_gpu(monkeypatch):
     tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     yield
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
-    _cupy_loader.module.cache_clear()
+    _cupy_loader.clear()
 
 
 def _filled(rows, columns):

@@ -56,9 +56,9 @@ def emulated_cupy(monkeypatch):
     """``import cupy`` gives the fake for the duration of one test; the kernel modules compiled
     for it are dropped afterwards (a real CuPy in the same process must not see them)."""
     _fake_cupy.install(monkeypatch)
-    _cupy_loader.module.cache_clear()
+    _cupy_loader.clear()
     yield _fake_cupy
-    _cupy_loader.module.cache_clear()
+    _cupy_loader.clear()
 
 
 @pytest.fixture(params=["forward", "reverse"])
