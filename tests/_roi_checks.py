@@ -101,6 +101,20 @@ def check_pool(backend, dev, x, rois, output_size, scale, seed=0):
                                err_msg=f"roi_pool backward, {backend}")
 
 
+def check_pool_ties(backend, dev):
+    """Constant input: every bin ties, the first pixel (top-left of the bin) must win, so the
+    gradient lands on the bins' top-left pixels exactly as torchvision's does; NaN never wins.
+    A bin starts at -FLT_MAX with argmax -1 and takes a value only if it is strictly greater:
+    all -inf, or all exactly -FLT_MAX, leaves -FLT_MAX and no gradient (torchvision's rule)."""
+    x = np.ones((1, 2, 6, 6), np.float32)
+    x[0, 1, 2, 3] = np.nan
+    rois = np.array([[0, 0, 0, 5, 5], [0, 1, 2, 4, 4]], np.float32)
+    check_pool(backend, dev, x, rois, 2, 1.0)
+    for low in (-np.inf, -np.finfo(np.float32).max):
+        x = np.full((1, 1, 4, 4), low, np.float32)
+        check_pool(backend, dev, x, np.array([[0, 0, 0, 3, 3]], np.float32), 2, 1.0)
+
+
 # ---------------------------------------------------------------- hand-computed, 5x5 arange
 # f[y, x] = 5 * y + x. Bilinear interpolation of a linear function is exact, so a sample at
 # (y, x) reads 5 * y + x (after the boundary rules), and a bin is the average of its samples.
@@ -135,6 +149,16 @@ def hand_align_cases():
         # bin 0 samples at 0.5, 1.5, bin 1 at 2.5, 3.5: means 1 and 3 ->
         # 5*1+1 = 6, 5*1+3 = 8, 5*3+1 = 16, 5*3+3 = 18
         ([0, 0, 4, 4], 2, -1, False, [[6.0, 8.0], [16.0, 18.0]]),
+        # samples exactly on the edges of [-1, H] x [-1, W], which count (>= -1, <= H): one bin,
+        # one sample at the box centre.
+        # x = -2 + 0.5 * 2 = -1: inside, clamped to 0; y = 1 + 0.5 = 1.5 -> 5 * 1.5 + 0 = 7.5
+        ([-2, 1, 0, 2], 1, 1, False, [[7.5]]),
+        # y = -2 + 0.5 * 2 = -1 -> 0; x = 1.5 -> 1.5
+        ([1, -2, 2, 0], 1, 1, False, [[1.5]]),
+        # y = 3 + 0.5 * 4 = 5 = H: inside, read at row H - 1 = 4; x = 2 -> 5 * 4 + 2 = 22
+        ([1, 3, 3, 7], 1, 1, False, [[22.0]]),
+        # x = 3 + 0.5 * 4 = 5 = W -> column 4; y = 2 -> 5 * 2 + 4 = 14
+        ([3, 1, 7, 3], 1, 1, False, [[14.0]]),
     ]
 
 
@@ -181,6 +205,17 @@ def check_hand_gradients(backend, dev):
     want = np.zeros((5, 5), np.float32)
     want[2, 2] = 1
     np.testing.assert_array_equal(host(t.grad)[0, 0], want)
+    # A sample exactly at x = -1 (box -2..0 x 1..2, centre (-1, 1.5)): clamped to column 0,
+    # y between rows 1 and 2 -> 0.5 each to (1, 0) and (2, 0). One at y = H = 5 (box 1..3 x 3..7,
+    # centre (2, 5)): row 4, column 2 -> 1 to (4, 2). A rule that dropped the edge sends nothing.
+    for box, cells in (([-2, 1, 0, 2], {(1, 0): 0.5, (2, 0): 0.5}), ([1, 3, 3, 7], {(4, 2): 1})):
+        t = Tensor(dev(ARANGE), requires_grad=True)
+        edge = np.array([[0, *box]], dtype=np.float32)
+        ops.roi_align(t, dev(edge), 1, 1.0, 1, False, backend=backend).sum().backward()
+        want = np.zeros((5, 5), np.float32)
+        for (i, j), v in cells.items():
+            want[i, j] = v
+        np.testing.assert_array_equal(host(t.grad)[0, 0], want, err_msg=f"{backend}: box {box}")
     # RoIPool, box 1..3 in one bin: the max is f(3, 3)
     t = Tensor(dev(ARANGE), requires_grad=True)
     ops.roi_pool(t, dev(rois), 1, 1.0, backend=backend).sum().backward()

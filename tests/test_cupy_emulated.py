@@ -44,6 +44,7 @@ from _roi_checks import (
     check_hand_pool,
     check_nonfinite,
     check_pool,
+    check_pool_ties,
     random_rois,
 )
 from minimaskrcnn.kernels import _cupy_loader
@@ -175,6 +176,7 @@ def test_roi_align_float64_empty_and_non_contiguous():
 def test_roi_hand_computed_and_nonfinite():
     check_hand_align("cupy", gpu)
     check_hand_pool("cupy", gpu)
+    check_pool_ties("cupy", gpu)
     check_hand_gradients("cupy", gpu)
     check_nonfinite("cupy", gpu)
 

@@ -16,6 +16,7 @@ from _roi_checks import (
     check_hand_pool,
     check_nonfinite,
     check_pool,
+    check_pool_ties,
     random_rois,
 )
 
@@ -70,6 +71,7 @@ def test_roi_align_float64_empty_and_non_contiguous(backend):
 def test_hand_computed_and_nonfinite(backend):
     check_hand_align(backend, gpu)
     check_hand_pool(backend, gpu)
+    check_pool_ties(backend, gpu)
     check_hand_gradients(backend, gpu)
     check_nonfinite(backend, gpu)
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch  # noqa: F401  (the reference must be installed: fail, never skip)
 import torchvision  # noqa: F401
-from _roi_checks import check_hand_pool, check_pool, random_rois
+from _roi_checks import check_hand_pool, check_pool, check_pool_ties, random_rois
 from conftest import CPU_BACKENDS
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -34,14 +34,7 @@ def test_random_boxes_vs_torchvision(backend, dtype):
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_ties_first_maximum_wins_and_nan_never_wins(backend):
-    # Constant input: every bin ties, the first pixel (top-left of the bin) must win, so the
-    # gradient lands on the bins' top-left pixels exactly as torchvision's does.
-    x = np.ones((1, 2, 6, 6), np.float32)
-    x[0, 1, 2, 3] = np.nan
-    rois = np.array([[0, 0, 0, 5, 5], [0, 1, 2, 4, 4]], np.float32)
-    check_pool(backend, cpu, x, rois, 2, 1.0)
-    x = np.full((1, 1, 4, 4), -np.inf, np.float32)  # nothing beats -FLT_MAX: -FLT_MAX, argmax -1
-    check_pool(backend, cpu, x, np.array([[0, 0, 0, 3, 3]], np.float32), 2, 1.0)
+    check_pool_ties(backend, cpu)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
