@@ -102,7 +102,12 @@ def _random_boxes(rng, n, scale=100.0):
     return np.concatenate([xy, xy + wh], axis=1).astype(np.float32)
 
 
-@pytest.mark.parametrize("weights", [(1.0, 1.0, 1.0, 1.0), (10.0, 10.0, 5.0, 5.0)])
+# torchvision's (1,1,1,1) (RPN) and (10,10,5,5) (box head), and four different weights, so that a
+# weight applied to the wrong coordinate shows
+BOXCODER_WEIGHTS = [(1.0, 1.0, 1.0, 1.0), (10.0, 10.0, 5.0, 5.0), (10.0, 5.0, 2.0, 1.0)]
+
+
+@pytest.mark.parametrize("weights", BOXCODER_WEIGHTS)
 def test_boxcoder_encode_matches_torchvision(rng, weights):
     gt, ref = _random_boxes(rng, 300), _random_boxes(rng, 300)
     ours = BoxCoder(weights).encode_single(gt, ref)
@@ -123,7 +128,7 @@ def test_boxcoder_encode_matches_torchvision(rng, weights):
     assert [p.shape for p in parts] == [(100, 4), (200, 4)]
 
 
-@pytest.mark.parametrize("weights", [(1.0, 1.0, 1.0, 1.0), (10.0, 10.0, 5.0, 5.0)])
+@pytest.mark.parametrize("weights", BOXCODER_WEIGHTS)
 def test_boxcoder_decode_matches_torchvision_including_clip(rng, weights):
     ref = _random_boxes(rng, 200)
     codes = rng.normal(0, 1.5, (200, 3 * 4)).astype(np.float32)  # 3 classes
@@ -142,7 +147,7 @@ def test_boxcoder_decode_matches_torchvision_including_clip(rng, weights):
 
 
 def test_boxcoder_roundtrip_and_errors(rng):
-    coder = BoxCoder((10.0, 10.0, 5.0, 5.0))
+    coder = BoxCoder((10.0, 5.0, 2.0, 1.0))
     gt, ref = _random_boxes(rng, 50).astype(np.float64), _random_boxes(rng, 50).astype(np.float64)
     back = coder.decode_single(coder.encode_single(gt, ref), ref)
     np.testing.assert_allclose(back, gt, rtol=1e-12, atol=1e-9)  # float64: exact up to rounding

@@ -215,6 +215,29 @@ def test_conv2d_cpu_grad_input_full_conv_real_channels(rng):
         _check("cpu", False, x, w, b, dtype=dtype, padding=(2, 1), dilation=(2, 1), groups=2)
 
 
+# CHUNK_BYTES for the 3x3 conv below (3 images, 7x6 outputs, K = 8 * 9 float64 values per
+# position: 3456 bytes per output row): the chunks _plan must make of it, those from image 0 on
+CHUNKINGS = [(1, [(0, 1, r, r + 1) for r in range(7)]),  # one row each
+             (8000, [(0, 1, 0, 2), (0, 1, 2, 4), (0, 1, 4, 6), (0, 1, 6, 7)]),  # two rows each
+             (60000, [(0, 2, 0, 7)])]  # two whole images side by side (then the third)
+
+
+@pytest.mark.parametrize("chunk, first_chunks", CHUNKINGS, ids=["rows", "two_rows", "images"])
+def test_conv_cpu_in_chunks_of_rows_and_of_images(rng, monkeypatch, chunk, first_chunks):
+    # The cpu backend cuts its columns into CHUNK_BYTES pieces (128 MiB: a real 800x1216 input is
+    # cut, no test shape is); every chunking must give torch's output and gradients (the chunks'
+    # grad_weight parts add up).
+    from minimaskrcnn.kernels import conv_cpu
+
+    monkeypatch.setattr(conv_cpu, "CHUNK_BYTES", chunk)
+    assert [c for c in conv_cpu._plan(3, 7, 6, 8 * 9, 8) if c[0] == 0] == first_chunks
+    for k, groups in ((3, 1), (1, 2)):
+        x, w, b = _draw(rng, 3, 8, 7, 6, 4, k, k, groups=groups)
+        _check("cpu", False, x, w, b, padding=k // 2, groups=groups)
+        x, w, b = _draw(rng, 3, 8, 7, 6, 4, k, k, groups=groups, transposed=True)
+        _check("cpu", True, x, w, b, stride=2, groups=groups)
+
+
 @settings(max_examples=6, deadline=None)
 @given(c=_cases(small=True))
 def test_conv2d_drawn_shapes_numba(c):

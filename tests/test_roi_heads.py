@@ -236,6 +236,11 @@ def test_postprocess_detections_identical_inputs(rng):
     proposals = [_boxes(rng, 40, s) for s in IMAGE_SIZES]
     logits = rng.normal(0, 2, (80, NC)).astype(np.float32)
     deltas = rng.normal(0, 0.5, (80, NC * 4)).astype(np.float32)
+    # torchvision drops boxes with a side below 1e-2 (not 1): image 0's first three proposals
+    # are 0.5 px wide (kept), the next two 0.003 px (dropped), all five confidently class 1
+    proposals[0][:3, 2] = proposals[0][:3, 0] + 0.5
+    proposals[0][3:5, 2] = proposals[0][3:5, 0] + 0.003
+    logits[:5, 1] = 8.0 + 0.3 * np.arange(5)  # distinct: no score ties
     with backends.use("numpy"):
         boxes, scores, labels = ours.postprocess_detections(logits, deltas, proposals, IMAGE_SIZES)
     tb, ts, tl = tv.postprocess_detections(
@@ -244,6 +249,8 @@ def test_postprocess_detections_identical_inputs(rng):
         [torch.from_numpy(p) for p in proposals],
         IMAGE_SIZES,
     )
+    side = (tb[0][:, 2:] - tb[0][:, :2]).min(dim=1).values.numpy()
+    assert ((side >= 1e-2) & (side < 1)).sum() >= 3 and (side >= 1e-2).all()  # the premise
     for b, s, lab, b2, s2, l2 in zip(boxes, scores, labels, tb, ts, tl, strict=True):
         assert 10 < len(b2) <= 30
         assert b.dtype == np.float32 and s.dtype == np.float32 and lab.dtype == np.int64

@@ -202,6 +202,34 @@ def test_rpn_filter_proposals_identical_inputs(backend, rng):
         assert (s >= np.float32(0.4)).all()
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_rpn_score_threshold_keeps_a_score_equal_to_it(backend, rng):
+    """torchvision keeps a proposal whose score is >= score_thresh: a logit of exactly 0 scores
+    sigmoid(0) = 0.5 exactly, and survives score_thresh=0.5. One such anchor per image, in the
+    6-anchor level (inside every top-k), its box apart from all others (no NMS against it)."""
+    ours, tv = _both_rpns(rng, score_thresh=0.5, post=(80, 1000))
+    ours.eval()
+    tv.eval()
+    levels = [3 * h * w for h, w in GRIDS]
+    R = sum(levels)
+    logits = rng.normal(0, 2, (2, R, 1)).astype(np.float32)
+    logits[np.abs(logits) < 1e-3] = 1.0  # no other score within reach of 0.5
+    ctr, wh = rng.uniform(10, 30, (2, R, 2)), rng.uniform(4, 10, (2, R, 2))
+    boxes = np.concatenate([ctr - wh / 2, ctr + wh / 2], axis=2).astype(np.float32)
+    logits[:, R - 4] = 0.0
+    boxes[:, R - 4] = [40, 40, 46, 46]
+    logits = logits.reshape(2 * R, 1)
+    with backends.use(backend):
+        got, scores = ours.filter_proposals(boxes, logits, IMAGE_SIZES, levels)
+    want, want_scores = tv.filter_proposals(
+        torch.from_numpy(boxes), torch.from_numpy(logits), IMAGE_SIZES, levels
+    )
+    for g, w, sc, ws in zip(got, want, scores, want_scores, strict=True):
+        assert (ws.numpy() == np.float32(0.5)).sum() == 1  # the premise: torchvision keeps it
+        np.testing.assert_array_equal(g, w.numpy())
+        np.testing.assert_allclose(sc, ws.numpy(), rtol=2e-7, atol=0)  # one sigmoid: 1 ulp
+
+
 def test_rpn_errors_are_clear(rng):
     ours, _ = _both_rpns(rng)
     images, _ = _images()
