@@ -113,13 +113,20 @@ def test_perfect_predictions_give_ap_1(dataset):
     assert len(m["tables"]["bbox"].splitlines()) == 12
 
 
-def test_a_shifted_prediction_lowers_ap(dataset):
-    # instance 0 of image 1 (a 10x12 box) moved right by 3 px: IoU = 9*10 / (15*10) = 0.6, so it
-    # counts at IoU thresholds 0.50..0.60 only; the other instances stay perfect.
+def test_a_shifted_prediction_gives_the_hand_computed_ap(dataset):
+    # Instance 0 of image 1 (category 3, a 10x12 box) moved right by 3 px: IoU = 9*10 / (15*10)
+    # = 0.6, a match at the IoU thresholds 0.50, 0.55, 0.60 (3 of COCO's 10) only. Both
+    # category-3 detections score 0.9; COCO's stable sort puts image 1's (the shifted one) first.
+    # Where it does not match it is a false positive ahead of the true one: precision 1/2 at
+    # recall 1/2, interpolated 1/2 for recall 0 .. 0.50 (51 of 101 points), 0 beyond:
+    # AP = 0.5 * 51/101 there, 1 where it matches. Category 7 stays perfect; AP = their mean.
     m = evaluate(FakeModel(dataset, {0: {"shift": (0, 3)}}), dataset, progress=False, verbose=False)
+    miss = 0.5 * 51 / 101
+    ap3 = (3 * 1.0 + 7 * miss) / 10
     for iou_type in ("bbox", "segm"):
         assert m[iou_type]["AP50"] == 1.0
-        assert m[iou_type]["AP"] < 1.0 and m[iou_type]["AP75"] < 1.0
+        assert m[iou_type]["AP"] == pytest.approx((ap3 + 1.0) / 2, abs=1e-12)
+        assert m[iou_type]["AP75"] == pytest.approx((miss + 1.0) / 2, abs=1e-12)
 
 
 def test_a_missed_instance_gives_the_hand_computed_ap(dataset):

@@ -174,6 +174,24 @@ def test_detections_and_masks(stages):
     _check_final(stages["images"], stages["ref"]["final"], stages["ours"]["final"])
 
 
+def _match_detections(want, got):
+    """Each of torchvision's detections matched to ours of the same label at IoU >= 0.99, scores
+    equal: ``(i, j)``, torchvision's matched indices and ours. Measured on these seeds: every
+    detection matched, equal counts; one near-tie among proposals could move one detection on
+    another CPU's rounding (see test_proposals), so one per image may be missing."""
+    n = len(want["boxes"])
+    assert abs(len(got["boxes"]) - n) <= 1, (len(got["boxes"]), n)
+    iou = box_iou(torch.from_numpy(want["boxes"]), torch.from_numpy(got["boxes"])).numpy()
+    iou = np.where(want["labels"][:, None] == got["labels"][None, :], iou, 0)
+    j = iou.argmax(axis=1)
+    matched = iou[np.arange(n), j] >= 0.99
+    assert matched.sum() >= n - 1, f"{n - matched.sum()} of {n} detections unmatched"
+    i = np.flatnonzero(matched)
+    # scores: softmax of logits that agree to ~1e-6 relative (measured: ~1e-6 apart)
+    np.testing.assert_allclose(got["scores"][j[i]], want["scores"][i], rtol=0, atol=1e-4)
+    return i, j[i]
+
+
 def _check_final(images, ref_final, our_final):
     """Our final results (NumPy) against torchvision's, with the tolerances explained below."""
     total = 0
@@ -185,25 +203,16 @@ def _check_final(images, ref_final, our_final):
         assert got["masks"].shape == (len(got["boxes"]), 1, h, w)
         n = len(want["boxes"])
         total += n
-        assert abs(len(got["boxes"]) - n) <= max(2, 0.05 * n)
         if n == 0:
+            assert len(got["boxes"]) == 0
             continue
-        iou = box_iou(torch.from_numpy(want["boxes"]), torch.from_numpy(got["boxes"])).numpy()
-        same_label = want["labels"][:, None] == got["labels"][None, :]
-        iou = np.where(same_label, iou, 0)
-        j = iou.argmax(axis=1)
-        matched = iou[np.arange(n), j] >= 0.99
-        # near-ties among proposals can change a handful of detections (see test_proposals)
-        assert matched.mean() >= 0.9
-        i = np.flatnonzero(matched)
-        # scores: softmax of logits that agree to ~1e-6 relative (measured: ~1e-6 apart)
-        np.testing.assert_allclose(got["scores"][j[i]], want["scores"][i], rtol=0, atol=1e-4)
+        i, j = _match_detections(want, got)
         # masks: soft masks pasted from 28x28 predictions that agree to ~1e-4; a pixel may differ
         # where the integer paste box differs by one pixel (box coordinate next to an integer)
         # (measured: mean ~1e-8, max ~2e-5; a one-pixel box shift would move the mean to ~1e-3)
-        diff = np.abs(got["masks"][j[i]] - want["masks"][i])
+        diff = np.abs(got["masks"][j] - want["masks"][i])
         assert diff.mean() < 1e-4
-        a, b = got["masks"][j[i]] >= 0.5, want["masks"][i] >= 0.5
+        a, b = got["masks"][j] >= 0.5, want["masks"][i] >= 0.5
         inter, union = (a & b).sum(), (a | b).sum()
         assert union == 0 or inter / union > 0.97
     # the weights were scaled so that the comparison is about something
@@ -326,7 +335,8 @@ def test_training_mode_returns_torchvisions_loss_keys_and_gradients():
         and np.abs(body.layer4[0].conv1.weight.grad).sum() > 0
     )
     assert body.conv1.weight.grad is None  # frozen stage: requires_grad False, as torchvision
-    assert model.roi_heads.mask_predictor.mask_fcn_logits.weight.grad is not None
+    mask_grad = model.roi_heads.mask_predictor.mask_fcn_logits.weight.grad
+    assert mask_grad is not None and np.abs(mask_grad).sum() > 0  # the mask loss reaches it
 
 
 def test_training_mode_rejects_degenerate_boxes():
@@ -372,6 +382,4 @@ def test_faster_rcnn_from_state_dict_matches_torchvision(models, stages):
     with torch.no_grad():
         want = {k: v.numpy() for k, v in tv.eval()([torch.from_numpy(image)])[0].items()}
     assert "masks" not in got and len(want["boxes"]) > 0
-    assert len(got["boxes"]) == len(want["boxes"])
-    iou = box_iou(torch.from_numpy(want["boxes"]), torch.from_numpy(got["boxes"])).numpy()
-    assert (iou.max(axis=1) >= 0.99).mean() >= 0.9  # near-ties aside, as in test_detections
+    _match_detections(want, got)
