@@ -18,18 +18,26 @@
 # Exits non-zero if the tests, any benchmark or the training failed.
 #
 # Environment: PYTHON (default python3), GPU_TEST_JOBS (test files run at once, default 4),
-# GPU_PART_TIMEOUT (seconds per part, per test file for tests; default none), GPU_TRAIN_ITERS.
+# GPU_PART_TIMEOUT (seconds per part, per test file for tests; default none), GPU_TRAIN_ITERS,
+# GPU_CONV_ARGS (more arguments for bench conv, e.g. "--batch 1" for half the run, "--quick").
 #
 # The tests run one pytest process per test file (GPU_TEST_JOBS at a time, logs concatenated in
 # file order): a kernel that faults on the device leaves the CUDA context unusable, and in a
 # single process every later test would fail with it, hiding which kernel did it. A benchmark
 # whose backend raises loses that backend's rows only, prints why, and exits 1 at the end.
 #
-# On a machine lent for 10-minute calls that return at most 8 files (the device tool), two calls:
-#   bash scripts/gpu_suite.sh /tmp/g tests roi nms; tar czf "$OUT/gpu1.tgz" -C /tmp g
-#   bash scripts/gpu_suite.sh /tmp/g conv model; tar czf "$OUT/gpu2.tgz" -C /tmp g
-# (train: its data set and checkpoints stay under /tmp; bring back log.jsonl, metrics.json,
-# loss_curve.png and train_cupy.txt.)
+# On the project's lent GPU machines (the device tool: no network; torch, CuPy and Numba are in
+# the image, pycocotools and setuptools >= 77 are not and travel as wheels in the git-ignored
+# .whl/; a call is killed at 10 minutes and returns at most 8 files), install, then run each
+# call's parts under `timeout`, so that the tar of what was written always runs:
+#   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl &&
+#     export PYTHONPATH=/tmp/site && python3 -m pip install -q --no-deps --no-build-isolation -e .
+#   call 1: (install) && timeout 520 bash scripts/gpu_suite.sh /tmp/g tests roi nms;
+#           tar czf "$OUT/gpu1.tgz" -C /tmp g
+#   call 2: (install) && GPU_CONV_ARGS="--batch 1" timeout 520 bash scripts/gpu_suite.sh /tmp/g
+#           model conv; tar czf "$OUT/gpu2.tgz" -C /tmp g
+#   call 3, time allowing: GPU_TRAIN_ITERS=300 ... train (resumes from its checkpoint when the
+#           machine is still warm; bring back log.jsonl, metrics.json, loss_curve.png, train_cupy.txt)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -133,7 +141,7 @@ for b in "${parts[@]}"; do
   fi
   extra=()
   case $b in
-    conv) extra=(--out "$out/bench_conv") ;;        # writes .md and .json (default: ./conv_bench)
+    conv) extra=(--out "$out/bench_conv" ${GPU_CONV_ARGS:-}) ;;  # .md and .json (default: ./conv_bench)
     model) extra=(--out "$out/bench_model.json") ;;
   esac
   ${limit[@]+"${limit[@]}"} $PY -m minimaskrcnn bench "$b" --device gpu ${extra[@]+"${extra[@]}"} 2>&1 | tee "$out/bench_$b.txt"
