@@ -22,7 +22,12 @@ that product:
 4. ``regtiled``: register blocking. A 32x32 output tile per block of 8x8 threads; each thread
    accumulates a 4x4 sub-tile in registers (local array), reading 4 A values and 4 B values from
    shared memory per 16 multiply-adds (vs 2 per 1 in version 3). More work per thread hides
-   shared-memory latency; this is the step that makes hand-written GEMMs fast.
+   shared-memory latency; this is the step that makes hand-written GEMMs fast. Once the
+   multiply-adds are cheap, the gather's index arithmetic is not: a GPU has no integer divide
+   instruction, and version 3's ``load_b`` splits k and the position with several divisions per
+   value. Here each thread gathers one k row at fixed columns, so a column's part is computed
+   once (``column_start``) and a row's once per k step (``row_start``): the forward divides
+   twice per k step instead of about five times per gathered value.
 
 Backward:
 * grad_input is a transposed convolution, the same shape of product read the other way:
@@ -75,6 +80,9 @@ TM, TN = (4, 4) if _SIM else (4, 4)  # version 4: register tile; (BM/TM) x (BN/T
 # version 4's shared rows, 4 longer than the tile (see igemm_regtiled); a shared array's shape
 # must be a constant when Numba compiles the kernel, an expression like BM + 4 is not
 BM_PAD, BN_PAD = BM + 4, BN + 4
+THREADS4 = (BM // TM) * (BN // TN)  # version 4's threads per block
+B_PER = BK * BN // THREADS4  # B values each thread of version 4 gathers per k step (4)
+OFF = -(1 << 20)  # a coordinate far outside any image: every bounds test fails on it
 THREADS_1D = 32 if _SIM else 128
 
 # What versions 3 and 4 compute (one kernel body each, as kernels/conv.cu's Mode): the forward,
@@ -199,6 +207,63 @@ def _kernels(dtype_name: str):
         return dt(0.0)
 
     @cuda.jit(device=True)
+    def column_start(mode, col, c_, kh_, kw_, sh, sw, ph, pw, dh, dw, ow_, w_):
+        """Version 4: what a B column contributes to every gather down it, computed once per
+        thread: (y, x, c). FWD: the top-left tap's pixel of output position col; DGRAD: input
+        pixel col shifted by the padding; WGRAD: tap col = (c, kh, kw)'s offset (kh*dh - ph,
+        kw*dw - pw) and channel c. A column past the matrix gets y = OFF (reads 0)."""
+        if col >= c_:
+            return OFF, 0, 0
+        if mode == WGRAD:
+            c = col // (kh_ * kw_)
+            t = col - c * (kh_ * kw_)
+            kh = t // kw_
+            return kh * dh - ph, (t - kh * kw_) * dw - pw, c
+        if mode == DGRAD:
+            y = col // w_
+            return y + ph, col - y * w_ + pw, 0
+        y = col // ow_
+        return y * sh - ph, (col - y * ow_) * sw - pw, 0
+
+    @cuda.jit(device=True)
+    def row_start(mode, r, kh_, kw_, sh, sw, dh, dw, l_all, ow_):
+        """Version 4: what reduction index r contributes to every gather along its row, once per
+        k step: (y, x, z). FWD, DGRAD: r = (channel z, kh, kw) -> (kh*dh, kw*dw, z); WGRAD:
+        r = (image z, output position l) -> (oy*sh, ox*sw, z)."""
+        if mode == WGRAD:
+            z = r // l_all
+            l_ = r - z * l_all
+            oy = l_ // ow_
+            return oy * sh, (l_ - oy * ow_) * sw, z
+        z = r // (kh_ * kw_)
+        t = r - z * (kh_ * kw_)
+        kh = t // kw_
+        return kh * dh, (t - kh * kw_) * dw, z
+
+    @cuda.jit(device=True)
+    def gather_b(mode, x, g3, n, g, cg, og, ry, rx, rz, cy, cx, cz, sh, sw, oh_, ow_):
+        """Version 4's B[r, col] from a row_start and a column_start (0 outside the image)."""
+        if mode == DGRAD:  # grad_out element ((cy-ry)/sh, (cx-rx)/sw) of channel rz, if whole
+            ty, tx = cy - ry, cx - rx
+            if ty < 0 or tx < 0:
+                return dt(0.0)
+            if sh == 1 and sw == 1:  # the common case: no divisibility test, no division
+                y, xx = ty, tx
+            else:
+                if ty % sh != 0 or tx % sw != 0:
+                    return dt(0.0)
+                y, xx = ty // sh, tx // sw
+            if y < oh_ and xx < ow_:
+                return g3[n, g * og + rz, y * ow_ + xx]
+            return dt(0.0)
+        y, xx = cy + ry, cx + rx
+        if 0 <= y < x.shape[2] and 0 <= xx < x.shape[3]:
+            if mode == WGRAD:  # image rz, channel cz
+                return x[rz, g * cg + cz, y, xx]
+            return x[n, g * cg + rz, y, xx]  # FWD: channel rz
+        return dt(0.0)
+
+    @cuda.jit(device=True)
     def problem(mode, z, groups, og, cg, kh_, kw_, l_all, hw, n_r, chunk):
         """The GEMM that block index z computes: (image, group, first and last reduction
         index, rows M, columns). FWD: Og x L over K; DGRAD: Cg x H*W over Og*KH*KW; WGRAD:
@@ -297,13 +362,29 @@ def _kernels(dtype_name: str):
                                        g3.shape[0] * l_all, chunk)
         tx, ty = cuda.threadIdx.x, cuda.threadIdx.y  # tx over columns, ty over rows
         tid = ty * (BN // TN) + tx
-        nthreads = (BM // TM) * (BN // TN)
+        nthreads = THREADS4
         m0 = cuda.blockIdx.y * BM
         c0 = cuda.blockIdx.x * BN
         for i in range(TM):
             for j in range(TN):
                 acc[i, j] = dt(0.0)
         k_first = mode != DGRAD or kh_ * kw_ > 1  # A's load order (see below)
+        # B: each thread gathers row bk of the k tile at B_PER fixed columns, so what depends on
+        # a column is computed here, once, and what depends on the row once per k step (not
+        # both, with two or three divisions, for every value as load_b does). FWD, DGRAD: the
+        # columns are positions, neighbouring threads on neighbouring ones (coalesced); WGRAD:
+        # taps, in different channel planes, so neighbouring threads take neighbouring r.
+        tpr = nthreads // BK  # threads per k row
+        if mode == WGRAD:
+            bk, bcol, bstep = tid % BK, (tid // BK) * B_PER, 1
+        else:
+            bk, bcol, bstep = tid // tpr, tid % tpr, tpr
+        cy = cuda.local.array(B_PER, numba.int64)
+        cx = cuda.local.array(B_PER, numba.int64)
+        cz = cuda.local.array(B_PER, numba.int64)
+        for j in range(B_PER):
+            cy[j], cx[j], cz[j] = column_start(mode, c0 + bcol + j * bstep, c_, kh_, kw_, sh, sw,
+                                               ph, pw, dh, dw, ow_, w_)
         for k0 in range(r0, r1, BK):
             # Cooperative loads of BK*BM values of A and BK*BN of B, spread over the threads,
             # neighbouring threads on neighbouring addresses where the layout allows (coalesced).
@@ -318,13 +399,15 @@ def _kernels(dtype_name: str):
                 if m0 + mm < m_ and k0 + kk < r1:
                     v = load_a(mode, w2, g3, n, g, m0 + mm, k0 + kk, og, cg, kh_ * kw_, l_all)
                 sa[kk, mm] = v
-            for e in range(tid, BK * BN, nthreads):
-                kk, cc = (e % BK, e // BK) if mode == WGRAD else (e // BN, e % BN)
+            r = k0 + bk
+            ry, rx, rz = row_start(mode, r if r < r1 else r0, kh_, kw_, sh, sw, dh, dw, l_all,
+                                   ow_)
+            for j in range(B_PER):
                 v = dt(0.0)
-                if k0 + kk < r1 and c0 + cc < c_:
-                    v = load_b(mode, x, g3, n, g, k0 + kk, c0 + cc, og, cg, kh_, kw_, sh, sw, ph,
-                               pw, dh, dw, oh_, ow_, w_, l_all)
-                sb[kk, cc] = v
+                if r < r1:
+                    v = gather_b(mode, x, g3, n, g, cg, og, ry, rx, rz, cy[j], cx[j], cz[j], sh,
+                                 sw, oh_, ow_)
+                sb[bk, bcol + j * bstep] = v
             cuda.syncthreads()
             for kk in range(BK):
                 for i in range(TM):
