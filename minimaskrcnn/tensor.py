@@ -590,7 +590,8 @@ class Sigmoid(Function):
 
 
 class Clamp(Function):
-    """torch.clamp: the gradient passes where lo <= a <= hi (boundaries included)."""
+    """torch.clamp with number bounds: the gradient passes where lo < a < hi. At a bound it is 0,
+    as torch (2.15) gives it: a value on the bound counts as clamped."""
 
     @staticmethod
     def forward(ctx, a, lo=None, hi=None):
@@ -598,10 +599,10 @@ class Clamp(Function):
         keep = xp.ones(a.shape, dtype=bool)
         out = a
         if lo is not None:
-            keep &= a >= lo
+            keep &= a > lo
             out = xp.maximum(out, xp.asarray(lo, dtype=a.dtype))
         if hi is not None:
-            keep &= a <= hi
+            keep &= a < hi
             out = xp.minimum(out, xp.asarray(hi, dtype=a.dtype))
         ctx.save_for_backward(keep)
         return out

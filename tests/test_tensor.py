@@ -273,6 +273,54 @@ def test_gather_matches_torch_with_repeated_indices(dtype):
     )
 
 
+def test_kinks_and_ties_get_torchs_gradient():
+    # Exactly at a kink or a tie (the random tests keep away from them): clamp at its bounds
+    # (0, as torch 2.15), relu and abs at 0, max over ties (split evenly, torch.amax).
+    cases = {
+        "clamp": ([-1.0, 0.0, 0.5, 1.0, 2.0], lambda a: a.clamp(0.0, 1.0),
+                  lambda a: a.clamp(0.0, 1.0)),
+        "clamp_min": ([-1.0, 0.0, 0.5, 1.0], lambda a: a.clamp(min=0.0),
+                      lambda a: a.clamp(min=0.0)),
+        "clamp_max": ([-1.0, 0.5, 1.0, 2.0], lambda a: a.clamp(max=1.0),
+                      lambda a: a.clamp(max=1.0)),
+        "relu": ([-1.0, 0.0, 2.0], lambda a: a.relu(), torch.relu),
+        "abs": ([-1.0, 0.0, 2.0], lambda a: a.abs(), torch.abs),
+        "max": ([1.0, 3.0, 3.0, 0.0], lambda a: a.max(), torch.amax),
+        "max_axis": ([[1.0, 3.0, 3.0], [2.0, 2.0, 2.0]], lambda a: a.max(axis=1),
+                     lambda a: a.amax(1)),
+    }
+    for name, (x, ours_fn, torch_fn) in cases.items():
+        t = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+        torch_fn(t).sum().backward()
+        a = Tensor(np.array(x), requires_grad=True)
+        ours_fn(a).sum().backward()
+        np.testing.assert_array_equal(a.grad, t.grad.numpy(), err_msg=name)
+
+
+def test_permute_and_negative_axes_backward_match_torch():
+    # a permutation that is not its own inverse, and sums over several negative axes
+    x = np.random.default_rng(3).standard_normal((2, 3, 4))
+    g = np.random.default_rng(4)
+    for ours_fn, torch_fn in (
+        (lambda a: a.permute(1, 2, 0), lambda a: a.permute(1, 2, 0)),
+        (lambda a: a.sum(axis=(-2, -1)), lambda a: a.sum((-2, -1))),
+        (lambda a: a.mean(axis=(0, -1)), lambda a: a.mean((0, -1))),
+    ):
+        t = torch.tensor(x, requires_grad=True)
+        out = torch_fn(t)
+        go = g.standard_normal(tuple(out.shape))
+        out.backward(torch.tensor(go))
+        a = Tensor(x, requires_grad=True)
+        ours_fn(a).backward(go)
+        np.testing.assert_allclose(a.grad, t.grad.numpy(), rtol=1e-12, atol=1e-12)
+    y = np.arange(8.0).reshape(2, 2, 2)  # equal sides: a wrong inverse would not even raise
+    t = torch.tensor(y, requires_grad=True)
+    t.permute(1, 2, 0).backward(torch.arange(8.0, dtype=torch.float64).reshape(2, 2, 2))
+    a = Tensor(y, requires_grad=True)
+    a.permute(1, 2, 0).backward(np.arange(8.0).reshape(2, 2, 2))
+    np.testing.assert_array_equal(a.grad, t.grad.numpy())
+
+
 # ------------------------------------------------------------------------------------ second judge
 # astype32 is left out: a float32 round trip cannot be differentiated to float64 precision.
 @pytest.mark.parametrize("name", sorted(set(UNARY) - {"astype32"}))

@@ -116,8 +116,8 @@ def box_iou(boxes1, boxes2, fmt: str = "xyxy"):
 def clip_boxes_to_image(boxes, size):
     """Clamp x to ``[0, width]`` and y to ``[0, height]``; ``size`` is ``(height, width)``.
 
-    Differentiable for Tensors: the gradient passes where a coordinate was inside the range
-    (boundaries included), as torch.clamp's does.
+    Differentiable for Tensors: the gradient passes where a coordinate was strictly inside the
+    range (0 on a bound), as torch.clamp's does.
     """
     _check_boxes("clip_boxes_to_image", "boxes", boxes)
     if (not isinstance(size, (tuple, list)) or len(size) != 2
