@@ -366,11 +366,11 @@ __device__ __forceinline__ void regtiled_body(const float* __restrict__ src,
     // l + 64, l + 96, so each load instruction reads 32 consecutive positions (coalesced).
     // WGRAD's columns are taps, in different channel planes, so there the lanes take consecutive
     // reduction indices r (= neighbouring pixels) first: 8 lanes read 8 neighbouring pixels of
-    // one tap.
+    // one tap, and the 4 taps of a warp's lanes are neighbours.
     const int a_m = tid / (BK / A_PER), a_k = (tid % (BK / A_PER)) * A_PER;
     const int b_k = MODE == WGRAD ? tid % BK : tid / 32;
-    const int b_c = MODE == WGRAD ? (tid / BK) * B_PER : lane;
-    constexpr int b_step = MODE == WGRAD ? 1 : 32;  // from one of the thread's columns to the next
+    const int b_c = MODE == WGRAD ? tid / BK : lane;  // the thread's columns: b_c + 32 j
+    constexpr int b_step = 32;  // from one of the thread's columns to the next
     Col col[B_PER];
 #pragma unroll
     for (int j = 0; j < B_PER; ++j) col[j] = column<MODE>(q, p0 + b_c + j * b_step, w.ncols);
