@@ -72,6 +72,15 @@ def check_batched(backend, to_array, rng, n, n_classes, threshold):
         assert (ours[1:][ties] > ours[:-1][ties]).all(), "equal scores must keep index order"
 
 
+def check_batched_negative_coordinates(backend, to_array):
+    """batched_nms's coordinate trick offsets each category by (max coordinate + 1) * idx: with
+    negative coordinates two categories' copies of one box must still not overlap."""
+    boxes = np.array([[-10, -10, 10, 10], [-10, -10, 10, 10]], np.float32)
+    scores, idxs = np.array([0.9, 0.8], np.float32), np.array([0, 1])
+    ours = batched_nms(to_array(boxes), to_array(scores), to_array(idxs), 0.12, backend=backend)
+    assert_same(backends.to_numpy(ours), tv_batched_nms(boxes, scores, idxs, 0.12), "negative")
+
+
 def check_threshold_boundary(backend, to_array):
     """IoU exactly representable: box B = [0, 0, 10, h] inside A = [0, 0, 10, 10] has IoU
     fl32(10 h / 100). At threshold = that value B survives (strictly greater suppresses); one

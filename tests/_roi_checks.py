@@ -172,6 +172,9 @@ def hand_pool_cases():
         # C round() sends 0.5 -> 1 and 2.5 -> 3 (np.round would give 0 and 2): rows/cols 1..3,
         # max f(3, 3) = 18
         ([0.5, 0.5, 2.5, 2.5], 1, [[18.0]]),
+        # the same box in 2x2 bins shows the start: rows/cols 1..3 (x1 = round(0.5) = 1), bins
+        # [1, 2] and [2, 3]: 12, 13, 17, 18 (a start at 0 would give 11 and 16 in column 0)
+        ([0.5, 0.5, 2.5, 2.5], 2, [[12.0, 13.0], [17.0, 18.0]]),
         # clipped at the map's edge: 3..7 -> rows and columns 3..4, max f(4, 4) = 24
         ([3, 3, 7, 7], 1, [[24.0]]),
         # fully outside: every bin is empty -> 0

@@ -54,6 +54,15 @@ def test_fpn_anchors_identical_to_torchvision(padded_hw, grids):
         np.testing.assert_array_equal(a, b)
 
 
+def test_odd_anchor_sizes_round_halves_as_torch():
+    # Odd sizes put cell-anchor corners on exact halves (45 / 2 = 22.5): torch.round sends them
+    # to the even neighbour; the default sizes never meet a half
+    sizes, ratios = ((45, 91),), ((0.5, 1.0, 2.0),)
+    ours, tv = _both_anchors(sizes, ratios, (64, 96), [(4, 6)])
+    for a, b in zip(ours, tv, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_anchors_follow_feature_dtype_float64():
     ours, tv = _both_anchors(((16, 40),), ((0.3, 1.0, 3.7),), (48, 40), [(6, 5)], dtype=np.float64)
     assert ours[0].dtype == tv[0].dtype == np.float64

@@ -28,6 +28,7 @@ from _conv_checks import (
 )
 from _nms_checks import (
     check_batched,
+    check_batched_negative_coordinates,
     check_degenerate,
     check_empty_and_one,
     check_equal_scores,
@@ -231,6 +232,7 @@ def test_nms_edge_cases(rng):
 
 def test_batched_nms(rng):
     check_batched("cupy", gpu, rng, 300, 5, 0.5)
+    check_batched_negative_coordinates("cupy", gpu)
 
 
 # ----------------------------------------------------------------------------- convolution

@@ -166,6 +166,34 @@ def test_item_matches_the_json(tmp_path):
     assert any("1 boxes reach outside" in m and "1 boxes have zero width" in m for m in msgs), msgs
 
 
+def test_polygon_in_several_parts_and_category_ids_past_9(tmp_path):
+    # An occluded object is one annotation with several polygons: its mask is their union (what
+    # pycocotools' annToMask gives). Category ids 2 and 10 get labels 1 and 2 (by id, not text).
+    (tmp_path / "images").mkdir()
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "images" / "p.png")
+    seg = [[2, 2, 8, 2, 8, 8, 2, 8], [20, 8, 26, 8, 26, 14, 20, 14]]
+    coco_json = {
+        "images": [{"id": 1, "file_name": "p.png", "height": 20, "width": 30}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 10, "iscrowd": 0, "area": 72.0,
+             "bbox": [2, 2, 24, 12], "segmentation": seg},
+            {"id": 2, "image_id": 1, "category_id": 2, "iscrowd": 0, "area": 36.0,
+             "bbox": [10, 10, 6, 6], "segmentation": [[10, 10, 16, 10, 16, 16, 10, 16]]},
+        ],
+        "categories": [{"id": 10, "name": "ten"}, {"id": 2, "name": "two"}],
+    }
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps(coco_json))
+    ds = CocoDataset(tmp_path / "images", path)
+    assert ds.class_names == ["__background__", "two", "ten"]
+    _, t = ds[0]
+    np.testing.assert_array_equal(t["labels"], [2, 1])
+    coco = COCO(str(path))
+    want = coco.annToMask(coco.anns[1])
+    assert want.sum() == 72  # both parts (36 each)
+    np.testing.assert_array_equal(t["masks"][0], want)
+
+
 def test_empty_image_and_grayscale(tmp_path):
     ds, _, _, gray_mask, _ = _dataset(tmp_path)
     image, t = ds[1]
@@ -331,7 +359,17 @@ def test_loader_seed_determinism_and_resume():
     assert ea == eb
     idx = [i for imgs, _ in ea for i in imgs]
     assert sorted(idx) == list(range(7)) and idx != list(range(7))  # a permutation, shuffled
-    assert list(a.iterate(1)) != ea  # the next epoch has another order
+    e1 = list(a.iterate(1))
+    # the next epoch has another order and other flip draws (each on its own: either alone would
+    # make the epochs differ)
+    idx1 = [i for imgs, _ in e1 for i in imgs]
+    assert sorted(idx1) == list(range(7)) and idx1 != idx
+    draws = [dict(zip(imgs, d, strict=True)) for imgs, d in ea]
+    draws1 = [dict(zip(imgs, d, strict=True)) for imgs, d in e1]
+    d0 = {k: v for d in draws for k, v in d.items()}
+    d1 = {k: v for d in draws1 for k, v in d.items()}
+    assert all(d0[i] != d1[i] for i in range(7)), "an image's flip draw must change per epoch"
+    assert sorted(d0.values()) != sorted(d1.values())  # not the same draws in another order
     assert list(DataLoader(_Recorder(), batch_size=3, seed=5).iterate(0)) != ea
     assert list(a.iterate(0, start=2)) == ea[2:]  # resuming mid-epoch gives the same batches
     assert list(DataLoader(_Recorder(), batch_size=3, seed=4, prefetch=2).iterate(0)) == ea

@@ -167,6 +167,21 @@ def test_transform_batch_matches_torchvision():
     np.testing.assert_allclose(got.tensors, want.tensors.numpy(), rtol=0, atol=2e-5)
 
 
+def test_transform_eval_with_several_min_sizes_and_exact_multiples_of_32():
+    # A tuple min_size (multi-scale training) evaluates at its last entry, as torchvision; an
+    # image that already is a multiple of 32 after resizing is not padded further.
+    rng = np.random.default_rng(5)
+    for min_size, max_size, (h, w) in (((40, 80), 1333, (60, 90)), (64, 96, (64, 96))):
+        img = rng.random((3, h, w), dtype=np.float32)
+        ours = transform.GeneralizedRCNNTransform(min_size, max_size, MEAN, STD).eval()
+        ref = _tv_transform(min_size, max_size).eval()
+        got, _ = ours([img])
+        want, _ = ref([torch.from_numpy(img)])
+        assert got.image_sizes == [tuple(s) for s in want.image_sizes]
+        assert got.tensors.shape == tuple(want.tensors.shape)
+        np.testing.assert_allclose(got.tensors, want.tensors.numpy(), rtol=0, atol=2e-5)
+
+
 def test_transform_targets_in_training_match_torchvision():
     rng = np.random.default_rng(4)
     img = rng.random((3, 50, 70), dtype=np.float32)

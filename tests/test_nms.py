@@ -12,6 +12,7 @@ import torch
 import torchvision
 from _nms_checks import (
     check_batched,
+    check_batched_negative_coordinates,
     check_degenerate,
     check_empty_and_one,
     check_equal_scores,
@@ -86,6 +87,7 @@ def test_integer_grid_ties(backend, rng):
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_batched_nms_matches_torchvision(backend, rng):
     check_batched(backend, host, rng, 120, 4, 0.5)
+    check_batched_negative_coordinates(backend, host)
     if backend != "numba":  # 1500 boxes = 6000 coordinates: torchvision's per-class loop path
         check_batched(backend, host, rng, 1500, 7, 0.5)
 

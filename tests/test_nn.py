@@ -139,6 +139,29 @@ def test_batchnorm2d_training_and_running_stats_match_torch(dtype, tol, momentum
     np.testing.assert_array_equal(ours(x).data, y.data)  # a plain array in: the same values
 
 
+@pytest.mark.parametrize("affine, track", [(False, True), (True, False), (False, False)])
+def test_batchnorm2d_other_configurations_match_torch(affine, track):
+    # Without affine the eval shift is -mean * scale alone; without running statistics eval
+    # normalizes with the batch's, as torch does. Running statistics set to non-trivial values.
+    theirs = torch.nn.BatchNorm2d(2, affine=affine, track_running_stats=track).double()
+    ours = nn.BatchNorm2d(2, affine=affine, track_running_stats=track, dtype=np.float64)
+    if track:
+        with torch.no_grad():
+            theirs.running_mean.copy_(torch.tensor([0.5, -1.0]))
+            theirs.running_var.copy_(torch.tensor([4.0, 1.0]))
+    ours.load_state_dict(torch_state(theirs))
+    rng = np.random.default_rng(8)
+    for mode in ("train", "eval"):
+        getattr(ours, mode)()
+        getattr(theirs, mode)()
+        x = rng.standard_normal((3, 2, 4, 5)) * 2 + 1
+        y, t, X, T = run_both(ours, theirs, x)
+        np.testing.assert_allclose(y.data, t.detach().numpy(), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(X.grad, T.grad.numpy(), rtol=1e-10, atol=1e-12)
+        for k, v in torch_state(theirs).items():
+            np.testing.assert_allclose(ours.state_dict()[k], v, rtol=1e-12, err_msg=k)
+
+
 def test_batchnorm2d_state_dict_keys_and_single_value_error():
     assert list(nn.BatchNorm2d(4).state_dict()) == list(torch.nn.BatchNorm2d(4).state_dict())
     with pytest.raises(
@@ -274,6 +297,11 @@ def test_load_state_dict_reports_missing_unexpected_and_mis_shaped_keys():
     assert "unexpected keys (1): 2.weight" in msg
     assert "0.weight: expected (3, 2), got (4, 2)" in msg
     # non-strict: missing/unexpected are returned, the rest is loaded; shapes still must agree
+    # (torch raises "size mismatch" too: a head for another number of classes is an error)
+    before = net[0].weight.data.copy()
+    with pytest.raises(ValueError, match=r"0.weight: expected \(3, 2\), got \(4, 2\)"):
+        net.load_state_dict(sd, strict=False)
+    np.testing.assert_array_equal(net[0].weight.data, before)  # nothing loaded
     sd["0.weight"] = np.full((3, 2), 7.0)
     missing, unexpected = net.load_state_dict(sd, strict=False)
     assert missing == ["1.bias"] and unexpected == ["2.weight"]

@@ -159,10 +159,25 @@ def test_level_mapper_matches_torchvision_at_boundaries(rng):
     )
     boxes = np.stack([np.zeros_like(sides), np.zeros_like(sides), sides, sides], axis=1)
     rand = _boxes(rng, 200, (1000, 1000)) * np.float32(10)
+    # sqrt(area) a hair below 224: the 1e-6 in log2(s / 224 + 1e-6) keeps it on level 4
+    boxes = np.concatenate([boxes, np.array([[0, 0, 223.99995, 224]], np.float32)])
     for b in (boxes, rand):
         got = LevelMapper(2, 5)([b[:5], b[5:]])
         want = TVLevelMapper(2, 5)([torch.from_numpy(b[:5]), torch.from_numpy(b[5:])]).numpy()
         np.testing.assert_array_equal(got, want)
+
+
+def test_pooler_defaults_are_torchvisions(rng):
+    # The model builds its poolers with the defaults (canonical 224 px on level 4): boxes of
+    # 200-260 px on an 800x800 image land on torchvision's levels
+    ours, tv = MultiScaleRoIAlign(NAMES, 7, 2), TVMultiScaleRoIAlign(NAMES, 7, 2)
+    assert (ours.canonical_scale, ours.canonical_level) == (tv.canonical_scale, tv.canonical_level)
+    sides = np.linspace(100, 500, 41, dtype=np.float32)
+    b = np.stack([np.zeros_like(sides), np.zeros_like(sides), sides, sides], axis=1)
+    got = LevelMapper(2, 5, ours.canonical_scale, ours.canonical_level)([b])
+    want = TVLevelMapper(2, 5, tv.canonical_scale, tv.canonical_level)([torch.from_numpy(b)])
+    np.testing.assert_array_equal(got, want.numpy())
+    assert len(set(got.tolist())) >= 3  # the sides cross level boundaries
 
 
 @pytest.mark.parametrize("backend", HEAD_BACKENDS)
