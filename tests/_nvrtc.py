@@ -2,7 +2,9 @@
 that needs no device), through ctypes. What cupy.RawModule does with our sources at run time:
 ``options`` are ours (kernels/_cupy_loader.py) and CuPy appends ``-ftz=true`` after them (its
 ``cupy.cuda.compiler._compile_with_cache_cuda``; NVRTC honours the last occurrence of an option,
-so a kernel cannot opt out), plus ``-arch=compute_XX`` of the device.
+so a kernel cannot opt out), plus the device's architecture: recent CuPy asks for ``-arch=sm_XX``
+and a cubin, older for ``compute_XX`` and PTX; the tests ask for PTX (the text they inspect),
+which NVRTC makes from the same front end and options.
 
 libnvrtc comes with the CUDA toolkit, or as the ``nvidia-cuda-nvrtc`` wheel that torch's CUDA
 build depends on (the reference extra, installed in CI)."""

@@ -213,6 +213,16 @@ def test_remove_images_without_annotations(tmp_path):
     assert any("skipped 1 of 3 images" in m for m in msgs), msgs
 
 
+def test_an_image_whose_boxes_are_all_at_most_1_px_wide_is_removed(tmp_path):
+    # torchvision's _has_only_empty_bbox: every box with a side <= 1 (not < 1) -> no valid
+    # annotation; image 2, given one box exactly 1 px wide, is still removed
+    one_px = {"id": 8, "image_id": 2, "category_id": 5, "iscrowd": 0, "area": 3.0,
+              "bbox": [2, 2, 1, 3], "segmentation": [[2, 2, 3, 2, 3, 5, 2, 5]]}
+    img_dir, path, _, _ = _write(tmp_path, anns_extra=[one_px])
+    ds = CocoDataset(img_dir, path, remove_images_without_annotations=True)
+    assert ds.ids == [1, 3]
+
+
 def test_bad_category_is_a_clear_error(tmp_path):
     img_dir, path, _, _ = _write(
         tmp_path,
