@@ -369,16 +369,17 @@ def _kernels(dtype_name: str):
             for j in range(TN):
                 acc[i, j] = dt(0.0)
         k_first = mode != DGRAD or kh_ * kw_ > 1  # A's load order (see below)
-        # B: each thread gathers row bk of the k tile at B_PER fixed columns, so what depends on
-        # a column is computed here, once, and what depends on the row once per k step (not
-        # both, with two or three divisions, for every value as load_b does). FWD, DGRAD: the
-        # columns are positions, neighbouring threads on neighbouring ones (coalesced); WGRAD:
-        # taps, in different channel planes, so neighbouring threads take neighbouring r.
-        tpr = nthreads // BK  # threads per k row
+        # B: each thread gathers row bk of the k tile at B_PER fixed columns, bcol + j * bstep,
+        # so what depends on a column is computed here, once, and what depends on the row once
+        # per k step (not both, with two or three divisions, for every value as load_b does).
+        # FWD, DGRAD: the columns are positions, neighbouring threads on neighbouring ones
+        # (coalesced); WGRAD: taps, in different channel planes, so neighbouring threads take
+        # neighbouring r (pixels). Either way the stores below fall in different banks.
+        bstep = nthreads // BK  # threads per k row
         if mode == WGRAD:
-            bk, bcol, bstep = tid % BK, (tid // BK) * B_PER, 1
+            bk, bcol = tid % BK, tid // BK
         else:
-            bk, bcol, bstep = tid // tpr, tid % tpr, tpr
+            bk, bcol = tid // bstep, tid % bstep
         cy = cuda.local.array(B_PER, numba.int64)
         cx = cuda.local.array(B_PER, numba.int64)
         cz = cuda.local.array(B_PER, numba.int64)
