@@ -9,10 +9,17 @@ Two things make it stricter than plain NumPy, to catch what a GPU would not repo
     (an out-of-bounds write names the kernel and the array's shape);
   * ``empty`` is filled with NaN bytes (all ones), so a kernel that leaves part of its output
     unwritten is seen by the tests.
+
+It also counts what costs time on a real GPU but not here (``counting()``): each operation that
+makes real CuPy wait for the device (a host synchronization), each CUDA C kernel launch, and each
+ufunc call or dtype conversion (one elementwise or reduction kernel in CuPy), so tests can hold
+the "cupy" path to a budget of syncs and launches.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import types
 import weakref
 
@@ -24,6 +31,53 @@ ALIGN = 256  # CuPy's allocator hands out 256-byte aligned blocks
 PATTERN = 0xA5
 
 _live = {}  # id -> (weakref to the buffer, offset, nbytes, shape, dtype)
+
+
+# ----------------------------------------------------------------- what a real GPU would pay for
+counts = collections.Counter()  # "sync", "kernel" (a RawModule function), "elementwise"
+_counting = [False]
+_depth = [0]  # > 0 inside one of our own operations: what it does inside is not counted again
+
+# CuPy functions that read a device value on the host to size their result (cupy's source says
+# "synchronize!" at each: nonzero's count, boolean masks' count, unique's size, ...).
+SYNC_FUNCTIONS = frozenset({"nonzero", "argwhere", "flatnonzero", "unique", "compress", "extract"})
+
+
+@contextlib.contextmanager
+def counting():
+    """Count, while the block runs, in ``counts`` (cleared on entry): ``sync``, every operation
+    after which real CuPy's host waits for the device (``.get()``, ``asnumpy``, ``float()``,
+    ``int()``, ``bool()``, ``.item()``, ``.tolist()``, indexing with a boolean mask, and the
+    functions in SYNC_FUNCTIONS); ``kernel``, every launch of a CUDA C kernel (RawModule);
+    ``elementwise``, every ufunc call or reduction and every ``astype`` that converts (CuPy
+    launches one kernel for each). Not counted: other CuPy functions (``where``, ``concatenate``,
+    sorting, indexing: kernels too, but not the ones the tests budget) and small host-to-device
+    copies (CuPy stages them in pinned memory and does not wait)."""
+    counts.clear()
+    _counting[0] = True
+    try:
+        yield counts
+    finally:
+        _counting[0] = False
+
+
+def _count(kind):
+    if _counting[0] and not _depth[0]:
+        counts[kind] += 1
+
+
+@contextlib.contextmanager
+def _inside():
+    _depth[0] += 1
+    try:
+        yield
+    finally:
+        _depth[0] -= 1
+
+
+def _has_mask(index):
+    index = index if isinstance(index, tuple) else (index,)
+    return any(isinstance(i, np.ndarray) and i.dtype == bool and i.ndim > 0 for i in index)
 
 
 class _Memory:
@@ -43,8 +97,43 @@ class ndarray(np.ndarray):
         out[...] = self
         return out
 
+    def astype(self, dtype, order="K", casting="unsafe", subok=True, copy=True):
+        if copy or np.dtype(dtype) != self.dtype:
+            _count("elementwise")
+        return _device(np.ndarray.astype(self, dtype, order, casting, subok, copy))
+
     def get(self):
+        _count("sync")
         return np.array(self.view(np.ndarray))
+
+    # reading one value on the host waits for the kernels that compute it
+    def __float__(self):
+        _count("sync")
+        return float(self.view(np.ndarray))
+
+    def __int__(self):
+        _count("sync")
+        return int(self.view(np.ndarray))
+
+    def __index__(self):
+        _count("sync")
+        return self.view(np.ndarray).__index__()
+
+    def __bool__(self):
+        _count("sync")
+        return bool(self.view(np.ndarray))
+
+    def item(self, *args):
+        _count("sync")
+        return self.view(np.ndarray).item(*args)
+
+    def tolist(self):
+        _count("sync")
+        return self.view(np.ndarray).tolist()
+
+    def nonzero(self):
+        _count("sync")
+        return tuple(_device(i) for i in self.view(np.ndarray).nonzero())
 
     # CuPy refuses to compute with a GPU array and a host array together (TypeError: Unsupported
     # type numpy.ndarray); NumPy would not mind, so the two hooks below refuse as CuPy does.
@@ -52,6 +141,7 @@ class ndarray(np.ndarray):
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
         out = kwargs.get("out", ())
         _refuse_host_arrays(f"{ufunc.__name__}.{method}", inputs + tuple(out))
+        _count("elementwise")
         args = [_plain(a) for a in inputs]
         if out:
             kwargs["out"] = tuple(_plain(o) for o in out)
@@ -64,13 +154,23 @@ class ndarray(np.ndarray):
 
     def __array_function__(self, func, types, args, kwargs):
         _refuse_host_arrays(func.__name__, (args, tuple(kwargs.values())))
-        result = super().__array_function__(func, types, args, kwargs)
+        if func.__name__ in SYNC_FUNCTIONS:
+            _count("sync")
+        with _inside():
+            result = super().__array_function__(func, types, args, kwargs)
         if isinstance(result, tuple):
             return tuple(_device(r) for r in result)
         return _device(result)
 
     def __getitem__(self, index):  # one element of a CuPy array is a 0-d CuPy array
+        if _has_mask(index):  # the result's size is the mask's count, read on the host
+            _count("sync")
         return _device(super().__getitem__(index))
+
+    def __setitem__(self, index, value):
+        if _has_mask(index):
+            _count("sync")
+        super().__setitem__(index, value)
 
 
 ndarray.__module__ = "cupy"  # what minimaskrcnn.backends.is_cupy looks at
@@ -179,7 +279,9 @@ def ascontiguousarray(a, dtype=None):
 
 
 def asnumpy(a):
-    return np.array(a)
+    if isinstance(a, ndarray):
+        _count("sync")
+    return np.array(_plain(a))
 
 
 def argsort(a, axis=-1):
@@ -194,7 +296,10 @@ def _numpy_function(name):
     f = getattr(np, name)
 
     def wrapped(*args, **kwargs):
-        r = f(*args, **kwargs)
+        if name in SYNC_FUNCTIONS:
+            _count("sync")
+        with _inside():
+            r = f(*args, **kwargs)
         return tuple(_device(x) for x in r) if isinstance(r, tuple) else _device(r)
 
     wrapped.__name__ = name
@@ -220,7 +325,12 @@ class RawModule:
         return self._module.get_function(name)
 
 
-_cuda_emu.Function.after_launch = staticmethod(check_guards)
+def _after_launch(kernel_name):
+    _count("kernel")
+    check_guards(kernel_name)
+
+
+_cuda_emu.Function.after_launch = staticmethod(_after_launch)
 
 
 class _Device:
@@ -261,7 +371,10 @@ cuda = types.SimpleNamespace(
 
 
 def _scatter_add(a, slices, value):
-    np.add.at(a, slices, value)
+    if _has_mask(slices):
+        _count("sync")
+    with _inside():
+        np.add.at(a, slices, value)
 
 
 # cupyx: CuPy's extras; the library uses scatter_add (NumPy's add.at) in backward passes.

@@ -364,3 +364,65 @@ def test_training_on_cupy_follows_the_numpy_run(tiny_shapes, tmp_path):
     assert predict.main([str(image), "--weights", str(weights), "--device", "gpu",
                          "--out", str(tmp_path / "pred.png")]) == 0
     assert (tmp_path / "pred.png").stat().st_size > 1000
+
+
+# ------------------------------------------------------------- host-device synchronizations
+def _syncs(fn):
+    with _fake_cupy.counting() as counts:
+        result = fn()
+    return counts["sync"], result
+
+
+def test_inference_syncs_are_torchvisions_per_image_ones():
+    """Host-device synchronizations of ``model(images)`` on "GPU" arrays, as the stand-in counts
+    them. Per image, 7, each one torchvision's code has too (a torch.where or NMS that sizes its
+    result): the RPN's small-box removal, score threshold and NMS; the same three in the box
+    post-processing; one copy of the detections' boxes for pasting their masks. Per call, 3:
+    the images' value check and, in each pooler, the RoI count per level (one read for all
+    levels). None per detection, per level or per RoI."""
+    rng = np.random.default_rng(0)
+    images = [rng.random((3, h, w)).astype(np.float32) for h, w in ((60, 80), (70, 50), (64, 64))]
+    model = _tiny_model().to("cupy")
+    model(images[:1])  # compile the kernels outside the count
+
+    def run(n, detections):
+        model.roi_heads.detections_per_img = detections
+        s, out = _syncs(lambda: model(images[:n]))
+        assert all(len(o["boxes"]) == detections for o in out), "the check needs detections"
+        return s
+
+    one = run(1, 20)
+    assert run(1, 5) == one, "a synchronization per detection"
+    per_image = run(2, 20) - one
+    assert run(3, 20) - run(2, 20) == per_image, "per image, the same synchronizations"
+    assert per_image <= 7 and one - per_image <= 3, (one, per_image)
+
+
+def test_training_syncs_are_per_image_not_per_instance(tiny_shapes):
+    """Host-device synchronizations of one training forward and backward (``losses_and_grads``)
+    on "GPU" arrays. Per image, 10: the RPN's and the RoI heads' samplers (positives and
+    negatives each), the proposals' small-box removal, score threshold and NMS, the sampled RoIs,
+    the mask branch's positives (all torchvision's), and the mask targets' sampling-grid check
+    (torchvision's guard, which needs the boxes on the host). Per call, 9: the images' check,
+    the targets' box check, one per pooler, the RPN loss's two samples, the two classification
+    losses' checks and the one copy of the losses. The images here hold 1 to 5 instances: the
+    count does not follow them."""
+    from minimaskrcnn import configs
+    from minimaskrcnn.train import losses_and_grads, make_dataset, seed_iteration
+
+    ds = make_dataset(tiny_shapes / "train" / "images", tiny_shapes / "train" / "annotations.json",
+                      0.0)
+    items = [ds[i] for i in range(3)]
+    assert len({len(t["boxes"]) for _, t in items}) > 1, "the check needs varied instance counts"
+    model = configs.build("r18_fpn_tiny", num_classes=len(ds.class_names), seed=0).to("cupy")
+
+    def run(n):
+        seed_iteration(model, 0, 0)
+        images, targets = [im for im, _ in items[:n]], [t for _, t in items[:n]]
+        return _syncs(lambda: losses_and_grads(model, images, targets, "cupy"))[0]
+
+    run(1)  # compile the kernels outside the count
+    one, two, three = run(1), run(2), run(3)
+    per_image = two - one
+    assert three - two == per_image, (one, two, three)
+    assert per_image <= 10 and one - per_image <= 9, (one, per_image)

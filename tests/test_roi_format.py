@@ -39,8 +39,14 @@ def test_check_rois_casts_to_input_dtype_and_checks_batch_index():
     rois = check_rois("roi_align", np.array([[1, 0, 0, 1, 1]], np.float64), x)
     assert rois.dtype == np.float32 and rois.flags.c_contiguous
     msg = r"roi_align: boxes\[:, 0\].*\[0, N=2\), got 3\.0 in row 1"
+    bad = np.array([[1, 0, 0, 1, 1], [3, 0, 0, 1, 1]], np.float32)
     with pytest.raises(ValueError, match=msg):
-        check_rois("roi_align", np.array([[1, 0, 0, 1, 1], [3, 0, 0, 1, 1]], np.float32), x)
+        check_rois("roi_align", bad, x)
+    # own=True (the model's poolers) skips the read only on a GPU: on the host it still checks
+    with pytest.raises(ValueError, match=msg):
+        check_rois("roi_align", bad, x, own=True)
+    with pytest.raises(ValueError, match=r"roi_align: boxes\[:, 0\].*got 3\.0 in row 1"):
+        ops.roi_align(x, bad, 2, _own_rois=True)
     with pytest.raises(ValueError, match=r"list of 3 per-image arrays but input has only N=2"):
         check_rois("roi_align", [np.zeros((1, 4))] * 3, x)
     with pytest.raises(TypeError, match=r"roi_pool: boxes must be a \(K, 5\) array"):

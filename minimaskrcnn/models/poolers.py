@@ -210,12 +210,19 @@ def _multiscale_roi_align(
             spatial_scale=scales[0],
             sampling_ratio=sampling_ratio,
             aligned=False,
+            _own_rois=True,  # batch indices made above: not read back on a GPU
         )
 
     levels = mapper(boxes)  # (K,)
+    # torchvision takes each level's RoIs with torch.where(levels == level), in input order. The
+    # same groups here: a stable sort by level, cut at each level's count. The counts are read in
+    # one copy: on a GPU one synchronization for all levels, not one per level.
+    by_level = xp.argsort(levels, kind="stable") if xp is np else xp.argsort(levels)  # (K,)
+    per_level = levels[None, :] == xp.arange(len(x_filtered))[:, None]  # (L, K)
+    ends = np.cumsum(backends.to_numpy(per_level.sum(axis=1))).tolist()  # (L,)
     pooled, order = [], []
     for level, (per_level_feature, scale) in enumerate(zip(x_filtered, scales, strict=True)):
-        idx_in_level = xp.nonzero(levels == level)[0]  # (K_l,)
+        idx_in_level = by_level[(ends[level - 1] if level else 0) : ends[level]]  # (K_l,)
         if idx_in_level.size == 0:
             continue
         pooled.append(
@@ -226,6 +233,7 @@ def _multiscale_roi_align(
                 spatial_scale=scale,
                 sampling_ratio=sampling_ratio,
                 aligned=False,
+                _own_rois=True,
             )
         )  # (K_l, C, PH, PW)
         order.append(idx_in_level)

@@ -211,7 +211,8 @@ def project_masks_on_boxes(gt_masks, boxes, matched_idxs, M: int):
     xp = backends.array_module(boxes)
     rois = xp.concatenate([matched_idxs.astype(boxes.dtype)[:, None], boxes], axis=1)  # (P, 5)
     gt_masks = gt_masks[:, None].astype(rois.dtype)  # (G, 1, H, W)
-    return _data(ops.roi_align(gt_masks, rois, (M, M), spatial_scale=1.0))[:, 0]
+    # _own_rois: matched_idxs index this image's G masks by construction (not read back on a GPU)
+    return _data(ops.roi_align(gt_masks, rois, (M, M), spatial_scale=1.0, _own_rois=True))[:, 0]
 
 
 def maskrcnn_loss(

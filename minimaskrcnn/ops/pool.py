@@ -103,8 +103,10 @@ class MaxPool2dFn(Function):
         # and can corrupt memory; we do not follow it.
         inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
         nc = xp.arange(n * c).reshape(n, c, 1, 1)
-        flat = (nc * (h * w) + rows * w + cols)[inside]
-        g = g[inside]
+        # Such outputs add 0 to element 0 instead of being cut out with a boolean mask, whose
+        # size CuPy would read on the host (a synchronization).
+        flat = xp.where(inside, nc * (h * w) + rows * w + cols, 0).ravel()
+        g = xp.where(inside, g, g.dtype.type(0))
         gflat = gx.reshape(-1)
         # Overlapping windows can share a winner: scatter-add, never plain assignment.
         if xp.__name__ == "numpy":

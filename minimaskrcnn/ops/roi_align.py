@@ -65,7 +65,7 @@ class RoIAlignFunction(Function):
 
 
 def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False,
-              backend=None):
+              backend=None, *, _own_rois=False):
     """RoIAlign as ``torchvision.ops.roi_align``: (N, C, H, W) features -> (K, C, PH, PW).
 
     Args:
@@ -76,12 +76,15 @@ def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, a
         sampling_ratio: samples per bin along each axis; <= 0: adaptive ceil(roi_size / bins).
         aligned: shift the box by -0.5 pixel so that pixel centres sit at i + 0.5 (detectron2).
         backend: "numpy", "cpu", "numba", "cupy" or None (follow the array).
+        _own_rois: for the model's own callers (the poolers, the mask targets), whose RoIs are
+            built from per-image lists: on a GPU their batch indices are not read back to be
+            checked (a synchronization per call; see ``check_rois(own=True)``).
 
     Returns the same kind as ``input``: a Tensor (with graph) or an array.
     """
     op = "roi_align"
     check_roi_input(op, input)
-    rois = check_rois(op, boxes, input)
+    rois = check_rois(op, boxes, input, own=_own_rois)
     output_size = pair(op, "output_size", output_size)
     if not isinstance(spatial_scale, numbers.Real) or isinstance(spatial_scale, bool):
         raise TypeError(f"{op}: spatial_scale must be a number, got {spatial_scale!r}")

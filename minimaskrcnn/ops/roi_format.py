@@ -65,12 +65,17 @@ def convert_boxes_to_roi_format(boxes):
                           axis=1)  # (K, 5)
 
 
-def check_rois(op: str, boxes, input):
+def check_rois(op: str, boxes, input, *, own: bool = False):
     """Validate ``boxes`` against ``input`` (N, C, H, W) and return contiguous (K, 5) RoIs.
 
     The RoIs come back in ``input``'s dtype on ``input``'s array backend (torchvision demands
     the same dtype of both; we cast boxes instead, since detection code keeps boxes in whatever
     dtype its arithmetic produced). Errors name ``op``, the argument and what was given.
+
+    ``own=True``: RoIs the model built from its own per-image lists, whose batch indices are
+    valid by construction. On a GPU they are then not read back to be checked (that read is a
+    host-device synchronization, one per call); on the host, where it costs nothing, the check
+    runs all the same.
     """
     x = _raw(input)
     n_images = int(shape_of(x)[0])
@@ -98,7 +103,7 @@ def check_rois(op: str, boxes, input):
         raise ValueError(f"{op}: boxes and input must live on one device, got {where}")
     xp = backends.array_module(rois)
     rois = xp.ascontiguousarray(rois.astype(x.dtype, copy=False))  # (K, 5)
-    if rois.shape[0]:
+    if rois.shape[0] and not (own and on_gpu):
         b = rois[:, 0]
         bad = ~((b == xp.floor(b)) & (b >= 0) & (b < n_images))  # NaN fails every comparison
         if bool(bad.any()):
