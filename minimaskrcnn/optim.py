@@ -74,11 +74,18 @@ class SGD:
                 p.grad = None
 
     def step(self):
+        """One update of every parameter that has a gradient: the rule in this module's docstring,
+        written below with array operations (the spec). On CuPy arrays the same rule runs as one
+        CUDA C kernel per parameter, in place (kernels/sgd.cu: seven elementwise launches become
+        one, with the same roundings)."""
         for group in self.param_groups:
             lr, mom, damp = group["lr"], group["momentum"], group["dampening"]
             wd, nesterov = group["weight_decay"], group["nesterov"]
             for p in group["params"]:
                 if p.grad is None:  # unused this step: no update, momentum kept as is
+                    continue
+                if backends.is_cupy(p.data) and p.data.dtype in (np.float32, np.float64):
+                    self._step_cupy(p, lr, mom, damp, wd, nesterov)
                     continue
                 dt = p.data.dtype.type
                 g = p.grad
@@ -94,6 +101,24 @@ class SGD:
                     st["momentum_buffer"] = buf
                     g = g + dt(mom) * buf if nesterov else buf
                 p.data = p.data + dt(-lr) * g
+
+    def _step_cupy(self, p, lr, mom, damp, wd, nesterov):
+        from .kernels import sgd_cupy
+
+        xp = backends.array_module(p.data)
+        p.data = xp.ascontiguousarray(p.data)  # a copy only if it is not (then updated in place)
+        g = xp.ascontiguousarray(p.grad, dtype=p.data.dtype)
+        buf, first = None, False
+        if mom != 0:
+            st = self.state.setdefault(id(p), {})
+            buf = st.get("momentum_buffer")
+            first = buf is None
+            if first:
+                buf = xp.empty_like(p.data)  # the kernel writes the gradient into it
+            elif not buf.flags.c_contiguous or buf.dtype != p.data.dtype:
+                buf = xp.ascontiguousarray(buf, dtype=p.data.dtype)
+            st["momentum_buffer"] = buf
+        sgd_cupy.step(p.data, g, buf, lr, wd, mom, damp, nesterov, first)
 
     # ------------------------------------------------------------------ resume
     def state_dict(self) -> dict:
@@ -247,6 +272,9 @@ def clip_grad_norm_(
     if math.isinf(norm_type):
         norms = [abs(p.grad).max() if p.grad.size else xp.zeros((), p.grad.dtype) for p in grads]
         total = float(xp.stack(norms).max())
+    elif norm_type == 2.0:  # the usual case, the same sum in three array operations, not five
+        squares = [(g * g).sum() for g in (p.grad.astype(np.float64) for p in grads)]
+        total = float(xp.stack(squares).sum() ** 0.5)
     else:
         norms = [
             (abs(p.grad.astype(np.float64)) ** norm_type).sum() ** (1 / norm_type) for p in grads

@@ -132,6 +132,23 @@ def test_roi_align_coordinates_are_not_fused(compiler, nvrtc, tmp_path):
         assert body(f"roi_align_forward_v2_{t}").count("fma.rn.") <= 30, t
 
 
+@pytest.mark.parametrize("compiler", ["nvcc", "nvrtc"])
+def test_sgd_step_is_not_fused(compiler, nvrtc, tmp_path):
+    """The SGD step's products and sums are rounded one by one, as NumPy's (the emulator's test
+    compares with the reference bit for bit, but it compiles without contraction, so only the
+    PTX can show a fused one): no FMA at all, and the five products of the rule (weight decay,
+    the buffer's two, nesterov's, the update) are there as rounded multiplies (the compiler may
+    copy the loop body once per branch, so there can be more)."""
+    src = next(s for s in SOURCES if s.name == "sgd.cu")
+    ptx = _ptx(src, compiler, nvrtc, tmp_path)
+    for t in ("f32", "f64"):
+        m = re.search(r"\.entry sgd_step_" + t + r"\((.*?)\n}\n", ptx, re.S)
+        assert m, f"no entry sgd_step_{t} in the PTX"
+        body = m.group(1)
+        assert "fma." not in body, t
+        assert len(re.findall(r"\bmul\.rn\.(?:ftz\.)?" + t + r"\b", body)) >= 5, t
+
+
 def _main_loop(ptx, entry):
     """The lines of ``entry``'s loop that holds the most f32 FMAs (a loop: a label and a later
     branch back to it)."""

@@ -366,6 +366,89 @@ def test_training_on_cupy_follows_the_numpy_run(tiny_shapes, tmp_path):
     assert (tmp_path / "pred.png").stat().st_size > 1000
 
 
+# ----------------------------------------------------------------------------- optimizer
+SGD_CASES = {
+    "plain": dict(lr=0.1),
+    "momentum+decay": dict(lr=0.05, momentum=0.9, weight_decay=1e-4),
+    "dampening": dict(lr=0.05, momentum=0.9, dampening=0.25),
+    "nesterov+decay": dict(lr=0.02, momentum=0.8, nesterov=True, weight_decay=1e-3),
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", SGD_CASES)
+def test_sgd_kernel_is_the_reference_bit_for_bit(case, dtype):
+    """SGD.step on CuPy arrays runs kernels/sgd.cu: the reference's arithmetic with its roundings
+    (no fused multiply-add), so three steps give the NumPy run's parameters and momentum buffers
+    bit for bit. The steps include a parameter without a gradient (left alone, its buffer kept),
+    an empty one, a non-contiguous one, and a second group with its own learning rate. Each
+    step costs one kernel launch per updated parameter and no elementwise operation."""
+    from minimaskrcnn import optim
+    from minimaskrcnn.tensor import Tensor
+
+    rng = np.random.default_rng(7)
+    values = [rng.standard_normal(s).astype(dtype) for s in [(3, 4), (5,), (0, 3), (2, 3, 2)]]
+    wide = rng.standard_normal((4, 6)).astype(dtype)
+    host = [Tensor(v.copy(), requires_grad=True) for v in values]
+    host.append(Tensor(wide.copy()[:, ::2], requires_grad=True))
+    dev = [Tensor(_fake_cupy.asarray(v), requires_grad=True) for v in values]
+    dev.append(Tensor(_fake_cupy.asarray(wide)[:, ::2], requires_grad=True))
+    assert not dev[-1].data.flags.c_contiguous
+
+    def groups(params):
+        return [{"params": params[:3]}, {"params": params[3:], "lr": 0.3}]
+
+    kw = SGD_CASES[case]
+    opts = optim.SGD(groups(host), **kw), optim.SGD(groups(dev), **kw)
+    for step in range(3):
+        for i, (p, q) in enumerate(zip(host, dev, strict=True)):
+            if step == 1 and i == 1:
+                p.grad = q.grad = None
+                continue
+            g = rng.standard_normal(p.shape).astype(dtype)
+            p.grad, q.grad = g, _fake_cupy.asarray(g)
+        opts[0].step()
+        with _fake_cupy.counting() as counts:
+            opts[1].step()
+        updated = sum(1 for q in dev if q.grad is not None and q.data.size)
+        assert dict(counts) == {"kernel": updated}, dict(counts)
+        for p, q in zip(host, dev, strict=True):
+            assert backends.is_cupy(q.data)
+            np.testing.assert_array_equal(backends.to_numpy(q.data), p.data)
+    if "momentum" in kw:
+        mine, theirs = opts[0].state_dict()["state"], opts[1].state_dict()["state"]
+        assert mine.keys() == theirs.keys() and len(mine) == len(host)
+        for i in mine:
+            np.testing.assert_array_equal(theirs[i]["momentum_buffer"],
+                                          mine[i]["momentum_buffer"])
+
+
+def test_clip_grad_norm_reads_the_device_once_whatever_the_number_of_parameters():
+    """clip_grad_norm_ on CuPy gradients: one host read (the total) for 10 or 40 parameters, and
+    at most four elementwise operations per parameter (float64 cast, square, sum, and the scale
+    when it clips); the total is the NumPy run's."""
+    from minimaskrcnn import optim
+    from minimaskrcnn.tensor import Tensor
+
+    rng = np.random.default_rng(3)
+    seen = {}
+    for n in (10, 40):
+        grads = [rng.standard_normal((n % 7 + 2, 3)).astype(np.float32) for _ in range(n)]
+        host = [Tensor(np.zeros_like(g), requires_grad=True) for g in grads]
+        dev = [Tensor(_fake_cupy.zeros(g.shape, np.float32), requires_grad=True) for g in grads]
+        for p, q, g in zip(host, dev, grads, strict=True):
+            p.grad, q.grad = g.copy(), _fake_cupy.asarray(g)
+        want = optim.clip_grad_norm_(host, 1.0)
+        with _fake_cupy.counting() as counts:
+            got = optim.clip_grad_norm_(dev, 1.0)
+        assert got == pytest.approx(want, rel=1e-12) and want > 1.0  # it clips
+        seen[n] = dict(counts)
+        for p, q in zip(host, dev, strict=True):
+            np.testing.assert_allclose(backends.to_numpy(q.grad), p.grad, rtol=1e-6)
+    assert seen[10]["sync"] == seen[40]["sync"] == 1, seen
+    assert seen[40]["elementwise"] - seen[10]["elementwise"] <= 4 * 30, seen
+
+
 # ------------------------------------------------------------- host-device synchronizations
 def _syncs(fn):
     with _fake_cupy.counting() as counts:
