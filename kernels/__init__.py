@@ -8,6 +8,9 @@ the llm.c manner (a clean reference beside numbered fast versions):
 * ``<op>_numba_cuda.py``  - Numba CUDA kernels (``@cuda.jit``), runnable in the simulator
 * ``<op>.cu`` + ``<op>_cupy.py`` - CUDA C kernels loaded with ``cupy.RawModule``
 
+One more CUDA C kernel is not an op: ``sgd.cu`` + ``sgd_cupy.py``, the optimizer's step on the GPU
+in one launch per parameter; its reference is ``SGD.step`` in minimaskrcnn/optim.py.
+
 The ``_cpu.py`` files call their ``@njit(cache=True)`` functions through ``_numba_cache.call``,
 which compiles a new signature under a lock shared by processes: Numba's own cache has none, and
 two processes compiling at once can leave it naming the wrong machine code (see that module).

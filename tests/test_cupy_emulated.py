@@ -486,7 +486,8 @@ def test_training_syncs_are_per_image_not_per_instance(tiny_shapes):
     on "GPU" arrays. Per image, 10: the RPN's and the RoI heads' samplers (positives and
     negatives each), the proposals' small-box removal, score threshold and NMS, the sampled RoIs,
     the mask branch's positives (all torchvision's), and the mask targets' sampling-grid check
-    (torchvision's guard, which needs the boxes on the host). Per call, 9: the images' check,
+    (torchvision's CPU guard against a grid too large to count: it reads the boxes on the
+    host). Per call, 9: the images' check,
     the targets' box check, one per pooler, the RPN loss's two samples, the two classification
     losses' checks and the one copy of the losses. The images here hold 1 to 5 instances: the
     count does not follow them."""
