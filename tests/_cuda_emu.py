@@ -124,8 +124,11 @@ class Module:
         self.kernels = kernels_in(code)
         if not self.kernels:
             raise RuntimeError("cuda_emu: no extern \"C\" __global__ function in the source")
+        # Without a barrier in the source, threads run as plain calls (see cuda_emu.h).
+        barriers = "__syncthreads" in code
         full = (
-            f'#include "{HEADER}"\n{code}\n'
+            ("" if barriers else "#define EMU_NO_BARRIERS 1\n")
+            + f'#include "{HEADER}"\n{code}\n'
             + "".join(_launcher(n, p) for n, p in self.kernels.items())
         )
         key = hashlib.sha256((full + HEADER.read_text() + " ".join(CXXFLAGS)).encode()).hexdigest()

@@ -12,6 +12,10 @@
 //   * fibers run in thread order, or in reverse order (emu_set_schedule): a missing barrier then
 //     shows as a wrong answer under one of the two orders, since each fiber runs ahead of the others
 //     until its next barrier.
+//   * a source without __syncthreads (tests/_cuda_emu.py defines EMU_NO_BARRIERS for it) runs
+//     each thread as a plain call, to its end, in the same two orders: no thread can stop halfway
+//     there, so fibers would change nothing but the time (a fiber's switch and its 64 KiB stack
+//     per thread of each launch).
 //   * atomics are plain read-modify-writes (one OS thread); float rounding differs from the GPU
 //     only where the GPU contracts a*b+c into an FMA (tests compare with float32 tolerances).
 //
@@ -24,6 +28,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <ucontext.h>
 #include <vector>
 
@@ -90,9 +95,11 @@ inline T atomicAdd(T* address, T val) {
 
 namespace emu {
 
+constexpr size_t STACK = 64 * 1024;  // per fiber
+
 struct Fiber {
     ucontext_t ctx;
-    std::vector<char> stack;
+    std::unique_ptr<char[]> stack;  // STACK bytes, left uninitialized (zeroing costs per launch)
     uint3 idx;
     int state;  // 0 runnable, 1 waiting at a barrier, 2 returned
 };
@@ -121,8 +128,8 @@ inline void run_block(std::vector<Fiber>& fs) {
     const int n = static_cast<int>(fs.size());
     for (auto& f : fs) {
         getcontext(&f.ctx);
-        f.ctx.uc_stack.ss_sp = f.stack.data();
-        f.ctx.uc_stack.ss_size = f.stack.size();
+        f.ctx.uc_stack.ss_sp = f.stack.get();
+        f.ctx.uc_stack.ss_size = STACK;
         f.ctx.uc_link = &scheduler;
         makecontext(&f.ctx, fiber_main, 0);
         f.state = 0;
@@ -148,13 +155,27 @@ inline void run_block(std::vector<Fiber>& fs) {
 inline void launch(dim3 grid, dim3 block, const std::function<void()>& kernel) {
     gridDim = grid;
     blockDim = block;
+#ifdef EMU_NO_BARRIERS
+    const unsigned n = block.x * block.y * block.z;
+    for (unsigned z = 0; z < grid.z; ++z)
+        for (unsigned y = 0; y < grid.y; ++y)
+            for (unsigned x = 0; x < grid.x; ++x) {
+                blockIdx = {x, y, z};
+                for (unsigned s = 0; s < n; ++s) {
+                    const unsigned t = reverse_order ? n - 1 - s : s;
+                    threadIdx = {t % block.x, (t / block.x) % block.y, t / (block.x * block.y)};
+                    kernel();
+                }
+            }
+    return;
+#endif
     std::vector<Fiber> fs(static_cast<size_t>(block.x) * block.y * block.z);
     size_t i = 0;
     for (unsigned z = 0; z < block.z; ++z)
         for (unsigned y = 0; y < block.y; ++y)
             for (unsigned x = 0; x < block.x; ++x, ++i) {
                 fs[i].idx = {x, y, z};
-                fs[i].stack.resize(64 * 1024);
+                fs[i].stack.reset(new char[STACK]);
             }
     fibers = &fs;
     body = &kernel;
@@ -170,6 +191,10 @@ inline void launch(dim3 grid, dim3 block, const std::function<void()>& kernel) {
 
 }  // namespace emu
 
+#ifdef EMU_NO_BARRIERS
+#define __syncthreads() EMU_NO_BARRIERS_was_defined_for_a_source_with___syncthreads()
+#else
 #define __syncthreads() emu::sync_threads()
+#endif
 
 extern "C" void emu_set_schedule(int reverse) { emu::reverse_order = reverse != 0; }
