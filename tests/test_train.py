@@ -246,6 +246,23 @@ def test_cupy_training_starts_where_numpy_does(tiny_shapes, uninterrupted, tmp_p
     assert m["images"] == 2 and 0.0 <= m["segm"]["AP"] <= 1.0
 
 
+def test_milestone_fractions_truncate_to_an_iteration():
+    """--iters/--epochs mode: a milestone at fraction f of N iterations is iteration int(f * N),
+    truncated (the project's rule: the decay never comes after its fraction), so 0.67 and 0.89
+    of 10 decay after iterations 6 and 8 (rounding would give 7 and 9), and two fractions on one
+    iteration decay twice there."""
+    nn.manual_seed(0)
+    opt = optim.SGD(list(nn.Linear(2, 2).parameters()), lr=1.0)
+    sched = Schedule(opt, warmup_iters=1, warmup_factor=1.0, gamma=0.5)
+    sched.set_total(10, (0.67, 0.89, 0.85))
+    assert sched.passed() == 3
+    lrs = []
+    for _ in range(10):
+        lrs.append(sched.lr())
+        sched.step()
+    assert lrs == pytest.approx([1.0] * 6 + [0.5] * 2 + [0.125] * 2)
+
+
 def test_time_placed_milestones_decay_the_next_step():
     """--minutes mode places a milestone at the iteration that crosses a fraction of the budget."""
     nn.manual_seed(0)
